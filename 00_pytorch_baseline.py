@@ -1,0 +1,52 @@
+# Finetune a vision transformer (torchvision ViT) on CIFAR-10 and report time, memory and accuracy.
+# Plain PyTorch in float32; 01_fabric_baseline.py is the same run converted to Lightning Fabric.
+import lightning as L  # only for L.seed_everything; everything else here is plain PyTorch
+import torch
+import torch.nn.functional as F
+
+from local_utilities import TrainingMonitor, build_model, compute_accuracy, get_dataloaders, get_device, parse_args
+
+PRECISION = "32-true"  # float32 weights, activations, gradients and optimizer state
+
+
+def train(num_epochs, model, optimizer, scheduler, train_loader, val_loader, device, monitor):
+    for epoch in range(num_epochs):
+        model.train()
+        for features, targets in monitor.batches(train_loader):
+            features, targets = features.to(device), targets.to(device)
+            logits = model(features)
+            loss = F.cross_entropy(logits, targets)
+            monitor.step(loss, logits, targets)  # training accuracy; stops at once on a NaN loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        scheduler.step()
+        monitor.end_epoch(compute_accuracy(model, val_loader))
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    torch.set_float32_matmul_precision(args.matmul_precision)
+    L.seed_everything(123, verbose=False)
+
+    # 1 Pick the device
+    device = get_device(args)
+
+    # 2 Load the data
+    train_loader, val_loader, test_loader, num_classes = get_dataloaders(args)
+
+    # 3 Build the model directly on the device and in the target precision
+    monitor = TrainingMonitor(args, PRECISION, device)  # prints the setup; notes memory before the model
+    with torch.device(device):
+        model = build_model(args, num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    monitor.watch(model)  # records the dtypes in effect; finds the first NaN if training diverges
+
+    # 4 Finetune
+    train(args.epochs, model, optimizer, scheduler, train_loader, val_loader, device, monitor)
+
+    # 5 Evaluate on the test set and report time, memory and accuracy
+    monitor.report(compute_accuracy(model, test_loader))
