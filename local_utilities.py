@@ -473,14 +473,15 @@ class TrainingMonitor:
             self.diverged_at = "the weights were non-finite at the end of training"
         peak_gb, memory_line = self.peak_memory()
         train_time = self.end - self.start
-        images_per_s = self.steady_steps * self.args.batch_size * world_size() / self.steady_time if self.steady_time else 0.0
-        data_wait_share = self.data_wait / self.steady_time if self.steady_time else 0.0
+        measured = self.steady_time > 0  # a run that diverged during warm-up has no steady state
+        images_per_s = self.steady_steps * self.args.batch_size * world_size() / self.steady_time if measured else None
+        data_wait_share = self.data_wait / self.steady_time if measured else None
         dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision_requested.split("-")[0], torch.float32)
         peak_flops = get_available_flops(self.device, dtype) if self.device.type == "cuda" else None
-        mfu = images_per_s / world_size() * self.flops_per_image / peak_flops if peak_flops else None
-        print_once(f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s) | Steady state: {images_per_s:.1f} "
-                   f"images/s over {self.steady_steps} steps, {data_wait_share:.1%} of it waiting for data"
-                   + (f" | MFU: {mfu:.1%}" if mfu is not None else ""))
+        mfu = images_per_s / world_size() * self.flops_per_image / peak_flops if peak_flops and measured else None
+        print_once(f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s)" + (
+            f" | Steady state: {images_per_s:.1f} images/s over {self.steady_steps} steps, {data_wait_share:.1%} of "
+            f"their time waiting for data" if measured else "") + (f" | MFU: {mfu:.1%}" if mfu is not None else ""))
         print_once(f"Peak memory: {memory_line}")
         if self.diverged_at is None:
             print_once(f"Train acc.: {self.train_acc:.2%} | Val acc.: {self.val_acc:.2%} | Test acc.: {test_acc:.2%}")

@@ -1,0 +1,56 @@
+"""Shared fixtures: the quick runs of every numbered script, and a generated image-folder tree."""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(ROOT.glob("[0-9][0-9]_*.py"))
+sys.path.insert(0, str(ROOT))
+
+
+def run_script(script, *flags, cwd, threads=None):
+    """Run a numbered script as a user would; return (exit code, stdout, stderr, its results records)."""
+    results = Path(cwd) / f"{Path(script).stem}.jsonl"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    process = subprocess.run([sys.executable, str(ROOT / script), *flags, "--results", str(results)],
+                             cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    return process.returncode, process.stdout, process.stderr, records
+
+
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory):
+    """Every numbered script's --quick run, two at a time on one thread each: {file name: (rc, out, err, records)}."""
+    workdir = tmp_path_factory.mktemp("quick_runs")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = pool.map(lambda script: run_script(script.name, "--quick", cwd=workdir, threads=1), SCRIPTS)
+        return dict(zip((script.name for script in SCRIPTS), runs))
+
+
+def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "frog"), per_class=12):
+    """PNG files under root/<split>/<class>/, each class its own colour under noise, so a model can learn them."""
+    generator = torch.Generator().manual_seed(0)
+    colours = {name: torch.rand(3, 1, 1, generator=generator) for name in classes}
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for index in range(per_class):
+                pixels = (colours[name] + 0.1 * torch.randn(3, 40, 40, generator=generator)).clamp(0, 1)
+                image = Image.fromarray((pixels.permute(1, 2, 0) * 255).to(torch.uint8).numpy())
+                image.save(root / split / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    return write_image_tree(tmp_path / "images")

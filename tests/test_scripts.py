@@ -1,0 +1,133 @@
+"""The numbered scripts, run end to end as a user runs them (--quick), and the shape of their diffs."""
+
+import difflib
+import re
+
+import pytest
+from conftest import ROOT, SCRIPTS, run_script
+
+FABRIC_CHAIN = ["01_fabric_baseline.py", "02_fabric_16mixed.py", "03_fabric_16true.py",
+                "04_fabric_bf16true.py", "05_fabric_bf16mixed.py"]
+TRAINING_SCRIPTS = ["00_pytorch_baseline.py", "01_fabric_baseline.py", "02_fabric_16mixed.py",
+                    "04_fabric_bf16true.py", "05_fabric_bf16mixed.py"]
+RECORD_KEYS = {"script", "precision", "device", "model", "epochs", "batch_size", "train_time_s", "images_per_s",
+               "peak_memory_gb", "train_acc", "val_acc", "test_acc", "diverged", "versions"}
+
+
+def code_lines(path):
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def changed_lines(before, after):
+    return [line for line in difflib.ndiff((ROOT / before).read_text().splitlines(),
+                                           (ROOT / after).read_text().splitlines()) if line[:2] in ("- ", "+ ")]
+
+
+def test_every_numbered_script_is_in_the_chain_or_the_baseline():
+    assert [script.name for script in SCRIPTS][:6] == ["00_pytorch_baseline.py", *FABRIC_CHAIN]
+
+
+@pytest.mark.parametrize("before, after", zip(FABRIC_CHAIN, FABRIC_CHAIN[1:]))
+def test_fabric_neighbours_differ_by_one_line(before, after):
+    removed, added = changed_lines(before, after)
+    assert removed.startswith("- PRECISION = ") and added.startswith("+ PRECISION = ")
+
+
+def test_pytorch_to_fabric_diff_is_only_the_fabric_conversion():
+    conversion = re.compile(r"fabric|Fabric|device|backward|^[-+] +\)$|^[-+] +(accelerator|devices|strategy|num_nodes|"
+                            r"precision)=|^[-+] #|import lightning")
+    changes = changed_lines("00_pytorch_baseline.py", "01_fabric_baseline.py")
+    imports = [set(line.split(" import ")[1].split(", ")) for line in changes if "from local_utilities" in line]
+    assert imports[0] - imports[1] == {"get_device"} and imports[1] <= imports[0]  # Fabric picks the device
+    assert [line for line in changes if not conversion.search(line) and "from local_utilities" not in line] == []
+    assert "-             loss.backward()" in changes and "+             fabric.backward(loss)" in changes
+
+
+@pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
+def test_script_is_within_the_line_budget(script):
+    assert len(code_lines(ROOT / script)) <= 120
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS)
+def test_quick_run_reaches_90_percent_accuracy(quick_runs, script):
+    returncode, _, stderr, records = quick_runs[script]
+    assert returncode == 0, stderr
+    assert records[-1]["val_acc"] >= 0.9 and records[-1]["test_acc"] >= 0.9
+
+
+def test_16true_quick_run_is_reported_as_diverged(quick_runs):
+    returncode, stdout, stderr, records = quick_runs["03_fabric_16true.py"]
+    assert returncode == 3  # DIVERGED_EXIT_CODE: a runner can tell divergence from a crash
+    assert records[-1]["diverged"] is True and records[-1]["test_acc"] is None
+    assert re.search(r"error: training diverged: .*step \d+", stderr)
+    assert "Epoch: 002/003" not in stdout  # stopped at once, no further epochs
+
+
+@pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
+def test_results_record_is_well_formed(quick_runs, script):
+    record = quick_runs[script][3][-1]
+    assert RECORD_KEYS <= record.keys()
+    assert record["script"] == script and record["model"] == "vit_tiny_32" and record["epochs"] == 3
+    assert set(record["versions"]) == {"python", "torch", "torchvision", "lightning"}
+    assert record["train_time_s"] > 0 and record["peak_memory_gb"] > 0
+    assert record["images_per_s"] > 0 or record["diverged"]  # a run that diverged in warm-up has no steady state
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert record[key] is None if record["diverged"] else 0 <= record[key] <= 1
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS)
+def test_run_prints_versions_device_progress_time_memory_and_accuracy(quick_runs, script):
+    stdout = quick_runs[script][1]
+    for pattern in [r"torch\s*: \d", r"lightning\s*: \d", r"Device: .+ \| Model: vit_tiny_32",
+                    r"Precision in effect: \S+",
+                    r"Epoch: 001/003 \| Batch 0001/0070 \| Loss: \d+\.\d{4} \| [\d.]+ img/s \| \d\d:\d\d left",
+                    r"Epoch: 003/003 \| Train acc\.: [\d.]+% \| Val acc\.: [\d.]+%",
+                    r"Training time: [\d.]+ min", r"Peak memory: [\d.]+ GB peak RSS growth .*absolute peak RSS",
+                    r"Test acc\.: [\d.]+%"]:
+        assert re.search(pattern, stdout), pattern
+
+
+@pytest.mark.parametrize("script, precision, weights, matmuls", [
+    ("01_fabric_baseline.py", "32-true", "float32", "float32"),
+    ("02_fabric_16mixed.py", "bf16-mixed", "float32", "bfloat16"),  # Lightning's fallback on CPU
+    ("03_fabric_16true.py", "16-true", "float16", "float16"),
+    ("04_fabric_bf16true.py", "bf16-true", "bfloat16", "bfloat16"),
+    ("05_fabric_bf16mixed.py", "bf16-mixed", "float32", "bfloat16"),
+])
+def test_dtypes_in_effect(quick_runs, script, precision, weights, matmuls):
+    record = quick_runs[script][3][-1]
+    assert (record["precision"], record["weight_dtype"], record["matmul_output_dtype"]) == (precision, weights, matmuls)
+
+
+def test_16mixed_on_cpu_says_it_runs_as_bf16mixed_and_why(quick_runs):
+    stdout = quick_runs["02_fabric_16mixed.py"][1]
+    assert "Precision in effect: bf16-mixed (Lightning has no float16 autocast on CPU" in stdout
+
+
+def test_pytorch_and_fabric_baselines_train_identically(quick_runs):
+    def epoch_lines(script):
+        return re.findall(r"Train acc\.: .*", quick_runs[script][1])
+    assert epoch_lines("00_pytorch_baseline.py") == epoch_lines("01_fabric_baseline.py")
+
+
+def test_quick_run_trains_on_an_image_folder(tmp_path, image_tree):
+    returncode, stdout, stderr, records = run_script("04_fabric_bf16true.py", "--quick", "--data-dir", str(image_tree),
+                                                     "--batch-size", "4", cwd=tmp_path)
+    assert returncode == 0, stderr
+    assert records[-1]["data"] == str(image_tree) and records[-1]["test_acc"] >= 0.9
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size: must be a positive whole number, got 0"),
+    (["--epochs", "-1"], "--epochs: must be a positive whole number, got -1"),
+    (["--data-dir", "no/such/folder"], "--data-dir no/such/folder is not a folder"),
+    (["--quick", "--synthetic"], "--quick and --synthetic pick different data"),
+])
+def test_bad_flags_get_one_clear_sentence(tmp_path, flags, message):
+    returncode, stdout, stderr, records = run_script("01_fabric_baseline.py", *flags, cwd=tmp_path)
+    assert returncode == 2 and message in stderr and records == []
+
+
+def test_pytorch_baseline_refuses_several_devices(tmp_path):
+    returncode, _, stderr, records = run_script("00_pytorch_baseline.py", "--quick", "--devices", "2", cwd=tmp_path)
+    assert returncode == 1 and "00_pytorch_baseline.py trains on one device" in stderr and records == []
