@@ -337,6 +337,7 @@ def write_record(path, record):
     existing = path.read_text() if path.exists() else ""
     with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False, suffix=".tmp") as tmp:
         tmp.write(existing + json.dumps(record) + "\n")
+    os.chmod(tmp.name, 0o644)  # a temporary file is private to its owner; a results file is not
     os.replace(tmp.name, path)
 
 
@@ -429,10 +430,7 @@ class TrainingMonitor:
             self.train_accuracy = MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False).to(logits.device)
         self.train_accuracy.update(logits.detach().argmax(dim=1), targets)
         self.loss = loss.detach()
-        finite = torch.isfinite(self.loss).to(torch.int32)
-        if world_size() > 1:  # every process stops together when any of them diverges
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not finite.item():
+        if not all_finite(self.loss):
             self._stop_diverged()
 
     def end_epoch(self, val_acc):
@@ -449,8 +447,9 @@ class TrainingMonitor:
         self.end = time.perf_counter()
         self.train_acc = float("nan")
         self.report(float("nan"))
-        print(f"error: training diverged: {where}; float16 cannot hold this run, so use bf16-true "
-              f"(04_fabric_bf16true.py) or 16-mixed with loss scaling (02_fabric_16mixed.py)", file=sys.stderr)
+        print(f"error: training diverged: {where}; use bf16-true (04_fabric_bf16true.py) or 16-mixed "
+              "(02_fabric_16mixed.py), or with float16 weights an Adam eps that float16 can hold "
+              "(03b_fabric_16true_adam_eps.py)", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)
 
     def peak_memory(self):
@@ -504,6 +503,14 @@ class TrainingMonitor:
                                               for key, value in record.items()})
             print_once(f"Results appended to {self.args.results}")
         return record
+
+
+def all_finite(loss):
+    """True while the loss is finite on every process; one scalar and one sync per step."""
+    finite = torch.isfinite(loss).to(torch.int32)
+    if world_size() > 1:  # every process stops together when any of them diverges
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def first_nonfinite(model, features, step):

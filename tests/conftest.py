@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(ROOT.glob("[0-9][0-9]_*.py"))
+SCRIPTS = sorted(ROOT.glob("[0-9][0-9]*_*.py"))  # 00 to 05, and 03b branching off 03
 sys.path.insert(0, str(ROOT))
 
 

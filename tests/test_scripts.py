@@ -8,6 +8,7 @@ from conftest import ROOT, SCRIPTS, run_script
 
 FABRIC_CHAIN = ["01_fabric_baseline.py", "02_fabric_16mixed.py", "03_fabric_16true.py",
                 "04_fabric_bf16true.py", "05_fabric_bf16mixed.py"]
+ADAM_EPS_FIX = "03b_fabric_16true_adam_eps.py"  # branches off 03, so 03 -> 04 stays one line
 TRAINING_SCRIPTS = ["00_pytorch_baseline.py", "01_fabric_baseline.py", "02_fabric_16mixed.py",
                     "04_fabric_bf16true.py", "05_fabric_bf16mixed.py"]
 RECORD_KEYS = {"script", "precision", "device", "model", "epochs", "batch_size", "train_time_s", "images_per_s",
@@ -23,14 +24,20 @@ def changed_lines(before, after):
                                            (ROOT / after).read_text().splitlines()) if line[:2] in ("- ", "+ ")]
 
 
-def test_every_numbered_script_is_in_the_chain_or_the_baseline():
-    assert [script.name for script in SCRIPTS][:6] == ["00_pytorch_baseline.py", *FABRIC_CHAIN]
+def test_every_numbered_script_is_the_baseline_in_the_chain_or_the_16true_fix():
+    assert [script.name for script in SCRIPTS] == ["00_pytorch_baseline.py", *FABRIC_CHAIN[:3], ADAM_EPS_FIX,
+                                                   *FABRIC_CHAIN[3:]]
 
 
 @pytest.mark.parametrize("before, after", zip(FABRIC_CHAIN, FABRIC_CHAIN[1:]))
 def test_fabric_neighbours_differ_by_one_line(before, after):
     removed, added = changed_lines(before, after)
     assert removed.startswith("- PRECISION = ") and added.startswith("+ PRECISION = ")
+
+
+def test_16true_fix_differs_from_03_by_the_optimizer_line():
+    removed, added = changed_lines("03_fabric_16true.py", ADAM_EPS_FIX)
+    assert removed.startswith("-     optimizer = torch.optim.Adam(") and ", eps=1e-4)" in added
 
 
 def test_pytorch_to_fabric_diff_is_only_the_fabric_conversion():
@@ -70,7 +77,7 @@ def test_results_record_is_well_formed(quick_runs, script):
     assert record["script"] == script and record["model"] == "vit_tiny_32" and record["epochs"] == 3
     assert set(record["versions"]) == {"python", "torch", "torchvision", "lightning"}
     assert record["train_time_s"] > 0 and record["peak_memory_gb"] > 0
-    assert record["images_per_s"] > 0 or record["diverged"]  # a run that diverged in warm-up has no steady state
+    assert record["diverged"] or record["images_per_s"] > 0  # a run that diverged in warm-up has no steady state
     for key in ("train_acc", "val_acc", "test_acc"):
         assert record[key] is None if record["diverged"] else 0 <= record[key] <= 1
 

@@ -1,0 +1,74 @@
+"""Why 16-true diverges: the report names where NaN/inf first appeared, and the one-line fix trains."""
+
+import runpy
+import sys
+
+import pytest
+import torch
+
+import local_utilities
+from local_utilities import first_nonfinite
+
+
+def test_16true_report_names_the_optimizer_step_and_first_parameter(quick_runs):
+    stderr = quick_runs["03_fabric_16true.py"][2]
+    assert ("the weights turned non-finite in optimizer step 1 although its gradients were finite "
+            "(first parameter class_token") in stderr
+
+
+def test_adam_eps_fix_trains_16true(quick_runs):
+    returncode, stdout, stderr, records = quick_runs["03b_fabric_16true_adam_eps.py"]
+    assert returncode == 0, stderr
+    assert records[-1]["weight_dtype"] == "float16" and not records[-1]["diverged"]
+    assert records[-1]["val_acc"] >= 0.9 and records[-1]["test_acc"] >= 0.9
+
+
+def test_adam_eps_of_1e_8_is_zero_in_float16_and_makes_the_first_step_non_finite():
+    assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
+    weights = torch.zeros(3, dtype=torch.float16, requires_grad=True)
+    weights.grad = torch.tensor([0.0, 1e-3, 1.0], dtype=torch.float16)  # 1e-3 squared underflows in float16
+    torch.optim.Adam([weights], lr=1e-3).step()
+    assert torch.isfinite(weights).tolist() == [False, False, True]
+
+
+class Blowup(torch.nn.Module):
+    def forward(self, features):
+        return features * float("inf")
+
+
+def test_report_names_the_first_module_whose_output_is_non_finite():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), Blowup(), torch.nn.Linear(4, 2))
+    where = first_nonfinite(model, torch.ones(2, 4), step=7)
+    assert where == "the forward pass of step 7 produced the first non-finite output in module 1"
+
+
+def test_report_blames_gradients_that_were_non_finite_before_the_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    model[1].bias.grad[0] = float("nan")
+    model[1].bias.data[0] = float("nan")
+    where = first_nonfinite(model, torch.ones(2, 4), step=3)
+    assert where.startswith("the gradients of step 2 were non-finite first (parameter 1.bias, 1 in all)")
+
+
+def test_report_blames_the_loss_when_the_forward_pass_is_finite():
+    model = torch.nn.Linear(4, 2)
+    assert first_nonfinite(model, torch.ones(2, 4), step=1) == (
+        "the loss of step 1 was non-finite although the forward pass was finite")
+
+
+def final_weights(monkeypatch, script, check):
+    """Train a script's quick run in this process; return its final weights."""
+    if not check:
+        monkeypatch.setattr(local_utilities, "all_finite", lambda loss: True)
+    monkeypatch.setattr(sys, "argv", [script, "--quick", "--max-steps", "15"])
+    model = runpy.run_path(str(local_utilities.Path(local_utilities.__file__).parent / script), run_name="__main__")["model"]
+    return [parameter.detach().clone() for parameter in model.parameters()]
+
+
+@pytest.mark.parametrize("script", ["01_fabric_baseline.py", "04_fabric_bf16true.py"])
+def test_nonfinite_check_changes_no_result_of_a_finite_run(monkeypatch, script):
+    with_check = final_weights(monkeypatch, script, check=True)
+    without_check = final_weights(monkeypatch, script, check=False)
+    assert all(torch.equal(a, b) for a, b in zip(with_check, without_check, strict=True))
