@@ -61,6 +61,13 @@ def load_records(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def drop_synthetic_accuracy(row):
+    """Accuracy on --synthetic data (a few random images, memorised) means nothing: leave it out of the comparison."""
+    if row.get("data") != "synthetic":
+        return row
+    return {**row, "train_acc": None, "val_acc": None, "test_acc": None}
+
+
 def outcome(row):
     """'ok', 'diverged', or 'crashed (exit N)' for a record or a crashed row."""
     if row.get("crashed"):
@@ -129,18 +136,23 @@ def format_table(rows, command):
     lines = [f"{len(rows)} script(s), each in its own process, trained {distinct(records, lambda r: r['model'])} on "
              f"{distinct(records, lambda r: r['data'])} data for {distinct(finished, lambda r: str(r['epochs']))} "
              f"epoch(s), {distinct(finished, lambda r: str(r['steps']))} steps, at batch size "
-             f"{distinct(records, lambda r: str(r['batch_size']))} per device.", "",
+             f"{distinct(records, lambda r: str(r['batch_size']))} per device."
+             + (" Accuracy on generated data means nothing and is left out." if any(r["data"] == "synthetic" for r in records)
+                else ""), "",
              f"| Script | Model | Precision in effect | Matmul precision | Training time ({'min' if in_minutes else 's'}) | "
-             "Images/s | Peak memory (GB) | Train acc. (%) | Val acc. (%) | Test acc. (%) | Result |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
+             "Images/s | Time/step vs 01 | Data wait | MFU | Peak memory (GB) | Memory vs 01 | Train acc. (%) | "
+             "Val acc. (%) | Test acc. (%) | Result |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row, ratio in zip(rows, ratios(rows)):
         result = outcome(row) if outcome(row) == "ok" else f"**{outcome(row)}**"
         if row.get("crashed"):
-            cells = [row["script"], *["–"] * 9, result]
+            cells = [row["script"], *["–"] * 13, result]
         else:
             cells = [row["script"], row["model"], row["precision"], row["matmul_precision"],
                      cell(row["train_time_s"], scale=1 / 60 if in_minutes else 1, template="{:.1f}"),
-                     cell(row["images_per_s"], "{:.1f}"), cell(row["peak_memory_gb"]),
+                     cell(row["images_per_s"], "{:.1f}"), cell(ratio["time_per_step"], "{:.2f}x"),
+                     cell(row["data_wait_share"], "{:.1%}"), cell(row.get("mfu"), "{:.1%}"),
+                     cell(row["peak_memory_gb"]), cell(ratio["memory"], "{:.2f}x"),
                      *(cell(row[key], "{:.1f}", 100) for key in ("train_acc", "val_acc", "test_acc")), result]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Hardware: {hardware(records)}.", f"Versions: {package_versions(records)}."]
@@ -164,7 +176,8 @@ def ratios(rows):
         if base and outcome(row) == "ok":
             entry["time_per_step"] = base["images_per_s"] / row["images_per_s"] if row["images_per_s"] else None
             entry["memory"] = row["peak_memory_gb"] / base["peak_memory_gb"] if base["peak_memory_gb"] else None
-            entry["test_acc_points"] = (row["test_acc"] - base["test_acc"]) * 100
+            if row["test_acc"] is not None and base["test_acc"] is not None:
+                entry["test_acc_points"] = (row["test_acc"] - base["test_acc"]) * 100
         comparisons.append(entry)
     return comparisons
 
@@ -200,7 +213,8 @@ def plot(rows, path):
         top = max([value for value in values if value is not None], default=1) or 1
         for y, (row, value) in enumerate(zip(rows, values)):
             if value is None:
-                axis.text(0, y, f" {outcome(row)}", va="center", color="tab:red", style="italic")
+                why = outcome(row) if outcome(row) != "ok" else "not measured"
+                axis.text(0, y, f" {why}", va="center", color="tab:red" if why != "not measured" else "gray", style="italic")
                 continue
             axis.barh(y, value, color="tab:orange" if row["script"] == BASELINE else "tab:blue")
             note = ""
@@ -232,6 +246,7 @@ def main(argv=None):
         rows = load_records(args.from_results)
     else:
         rows = run_all(find_scripts(args.scripts), script_args, (args.out / "results.jsonl").resolve())
+    rows = [drop_synthetic_accuracy(row) for row in rows]
     comparisons = ratios(rows)
     (args.out / "results.md").write_text(format_table(rows, shlex.join(["python", "benchmark.py", *argv])))
     plot(rows, args.out / "results.png")

@@ -56,39 +56,39 @@ def non_negative_int(text):
 def parse_args(argv=None):
     """The flags every numbered script accepts; defaults reproduce the reference experiment."""
     parser = argparse.ArgumentParser(
-        description="Finetune a vision transformer on CIFAR-10 (or your own images) and report "
-        "training time, peak memory and accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        description="Finetune a vision transformer on CIFAR-10 (or your own images) and report training time, "
+        "peak memory and accuracy. The defaults reproduce the reference experiment.")
     parser.add_argument("--quick", action="store_true",
-                        help=f"offline run in under a minute on a laptop CPU: the small {TINY_VIT} model "
-                        "trained on generated images (or on --data-dir resized to 32x32)")
+                        help=f"offline run in under a minute on a laptop CPU: the small {TINY_VIT} model trained on "
+                        "generated images (or on --data-dir resized to 32x32)")
     parser.add_argument("--synthetic", action="store_true",
-                        help="speed-and-memory mode: full-size generated images, random initial weights, "
-                        "no download; one epoch of --max-steps steps")
-    parser.add_argument("--data-dir", type=Path,
+                        help="speed-and-memory mode: full-size generated images, random initial weights, no "
+                        "download; one epoch of --max-steps steps (default 20)")
+    parser.add_argument("--data-dir", type=Path, metavar="PATH",
                         help="your own images as PATH/train/<class>/*, PATH/test/<class>/* and optionally "
-                        "PATH/val/<class>/* (else 10%% of train); default: CIFAR-10 downloaded to ./data")
+                        "PATH/val/<class>/* (else a seeded 10%% of train); default: CIFAR-10, downloaded to ./data")
     parser.add_argument("--model", choices=VIT_BUILDERS, default="vit_l_16",
-                        help="torchvision ViT builder; ImageNet weights unless --synthetic")
-    parser.add_argument("--epochs", type=positive_int, default=3)
-    parser.add_argument("--max-steps", type=positive_int,
-                        help="stop after this many optimizer steps (one epoch) and report as usual")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per device and step")
-    parser.add_argument("--learning-rate", type=float,
-                        help="Adam learning rate (default: 5e-5 for finetuning, 1e-3 with --quick)")
+                        help="torchvision ViT builder, with ImageNet weights unless --synthetic (default %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default 3)")
+    parser.add_argument("--max-steps", type=positive_int, metavar="N",
+                        help="train one epoch of at most N optimizer steps, then evaluate and report as usual")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per device and step (default 32)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 5e-5, or 1e-3 with --quick)")
     parser.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default="medium",
-                        help="torch.set_float32_matmul_precision: 'high'/'medium' let fp32 matmuls use TF32 "
-                        "on Ampere+ GPUs (and bf16 on some CPUs); 'highest' keeps true fp32")
+                        help="torch.set_float32_matmul_precision (default medium, as in the reference): high or "
+                        "medium let float32 matmuls use TF32 on Ampere+ GPUs, and medium lets CPUs with AMX use "
+                        "bfloat16; highest keeps true float32")
     parser.add_argument("--num-workers", type=non_negative_int,
-                        help="data loader worker processes (default: 0 for generated data, else up to 8)")
-    parser.add_argument("--warmup-steps", type=non_negative_int, default=5,
-                        help="first steps left out of the steady-state images/s")
-    parser.add_argument("--results", type=Path, help="append one JSON record of this run to this file")
-    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    parser.add_argument("--devices", type=positive_int, default=1, help="devices per machine")
-    parser.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default="auto")
-    parser.add_argument("--num-nodes", type=positive_int, default=1, help="machines")
+                        help="data loader worker processes (default 0 for generated data, else up to 8)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=5, metavar="N",
+                        help="first N steps left out of the steady-state images/s (default 5)")
+    parser.add_argument("--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                        help="where to train (default auto: a GPU when there is one, else the CPU)")
+    parser.add_argument("--devices", type=positive_int, default=1, help="devices per machine (default 1)")
+    parser.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default="auto",
+                        help="how several devices share the work (default auto: ddp when --devices > 1)")
+    parser.add_argument("--num-nodes", type=positive_int, default=1, help="machines (default 1)")
     args = parser.parse_args(argv)
 
     if args.quick and args.synthetic:
@@ -361,7 +361,7 @@ class TrainingMonitor:
         elif Path("/proc/self/clear_refs").exists():
             Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS to the current RSS
             self.rss_before_model_kb = process_memory_kb("VmRSS")
-        self.epoch = self.steps = self.steady_steps = 0
+        self.epoch = self.steps = self.steady_steps = self.images_trained = 0
         self.steady_time = self.data_wait = 0.0
         self.model = self.batch = self.train_accuracy = self.matmul_dtype = self.start = None
         self.val_acc = float("nan")
@@ -412,6 +412,7 @@ class TrainingMonitor:
             self._synchronize()
             now = time.perf_counter()
             self.steps += 1
+            self.images_trained += len(self.batch[1])
             images_since_print += len(self.batch[1]) * world_size()
             if self.steps > self.args.warmup_steps or total_steps <= self.args.warmup_steps:
                 self.steady_steps += 1
@@ -447,24 +448,28 @@ class TrainingMonitor:
         self.end = time.perf_counter()
         self.train_acc = float("nan")
         self.report(float("nan"))
-        print(f"error: training diverged: {where}; use bf16-true (04_fabric_bf16true.py) or 16-mixed "
-              "(02_fabric_16mixed.py), or with float16 weights an Adam eps that float16 can hold "
-              "(03b_fabric_16true_adam_eps.py)", file=sys.stderr)
+        if is_main_process():
+            print(f"error: training diverged: {where}; use bf16-true (04_fabric_bf16true.py) or 16-mixed "
+                  "(02_fabric_16mixed.py), or with float16 weights an Adam eps that float16 can hold "
+                  "(03b_fabric_16true_adam_eps.py)", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)
 
     def peak_memory(self):
-        """(peak GB that the record keeps, the printed line); measured from just before the model was built."""
+        """(peak GB that the record keeps, what was measured); the most of any process when there are several."""
         if self.device.type == "cuda":
-            allocated = torch.cuda.max_memory_allocated(self.device) / 1e9
-            reserved = torch.cuda.max_memory_reserved(self.device) / 1e9
-            return allocated, f"{allocated:.2f} GB allocated (max_memory_allocated), {reserved:.2f} GB reserved"
-        if hasattr(self, "rss_before_model_kb"):
-            peak = process_memory_kb("VmHWM")
-            growth = (peak - self.rss_before_model_kb) * 1024 / 1e9
-            return growth, (f"{growth:.2f} GB peak RSS growth over the RSS before the model was built "
-                            f"(absolute peak RSS {peak * 1024 / 1e9:.2f} GB)")
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9  # bytes on macOS
-        return peak, f"{peak:.2f} GB absolute peak RSS of the process"
+            numbers = [torch.cuda.max_memory_allocated(self.device) / 1e9, torch.cuda.max_memory_reserved(self.device) / 1e9]
+            description = "{:.2f} GB allocated (max_memory_allocated), {:.2f} GB reserved"
+        elif hasattr(self, "rss_before_model_kb"):
+            peak_kb = process_memory_kb("VmHWM")
+            numbers = [(peak_kb - self.rss_before_model_kb) * 1024 / 1e9, peak_kb * 1024 / 1e9]
+            description = "{:.2f} GB peak RSS growth over the RSS before the model was built (absolute peak RSS {:.2f} GB)"
+        else:
+            numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9]  # bytes on macOS
+            description = "{:.2f} GB absolute peak RSS of the process"
+        if world_size() > 1:
+            numbers = reduce_over_processes(numbers, self.device, dist.ReduceOp.MAX)
+            description += f", per process: the most of any of the {world_size()} processes"
+        return numbers[0], description.format(*numbers)
 
     def report(self, test_acc):
         """Print the run's time, speed, memory and accuracy; append its record to --results."""
@@ -472,6 +477,7 @@ class TrainingMonitor:
             self.diverged_at = "the weights were non-finite at the end of training"
         peak_gb, memory_line = self.peak_memory()
         train_time = self.end - self.start
+        images_trained = int(reduce_over_processes([self.images_trained], self.device, dist.ReduceOp.SUM)[0])
         measured = self.steady_time > 0  # a run that diverged during warm-up has no steady state
         images_per_s = self.steady_steps * self.args.batch_size * world_size() / self.steady_time if measured else None
         data_wait_share = self.data_wait / self.steady_time if measured else None
@@ -491,6 +497,7 @@ class TrainingMonitor:
             "device_name": device_name(self.device), "world_size": world_size(), "model": self.args.model,
             "data": "synthetic" if self.args.synthetic else str(self.args.data_dir or ("generated" if self.args.quick else "cifar10")),
             "epochs": self.args.epochs, "batch_size": self.args.batch_size, "steps": self.steps,
+            "train_images": images_trained,
             "matmul_precision": self.args.matmul_precision, "train_time_s": train_time, "images_per_s": images_per_s,
             "data_wait_share": data_wait_share, "flops_per_image": self.flops_per_image, "mfu": mfu,
             "peak_memory_gb": peak_gb, "memory_measure": memory_line, "weight_dtype": str(weight_dtype)[6:],
@@ -503,6 +510,15 @@ class TrainingMonitor:
                                               for key, value in record.items()})
             print_once(f"Results appended to {self.args.results}")
         return record
+
+
+def reduce_over_processes(numbers, device, op):
+    """Sum (or max) a few numbers over all processes; the numbers themselves on a single process."""
+    if world_size() == 1:
+        return numbers
+    tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
 
 
 def all_finite(loss):

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call, under 8 minutes on one H200: versions, the measured bf16 matmul ceiling, then the
+# benchmark runner's speed-and-memory mode for vit_l_16 at 224 (generated data, no download, batch 32
+# as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT.
+#   usage: OUT=/some/folder bash experiments/gpu_check.sh
+set -uo pipefail
+export OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+steps=${STEPS:-30}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, torchvision, lightning; print(sys.version.split()[0], torch.__version__, torchvision.__version__, lightning.__version__)"
+  python3 - <<'PY'
+import json, os, torch
+# The ceiling: a large bf16 matmul, mean of 20 timed products after 5 warm-ups.
+a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+for _ in range(5):
+    a @ b
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+start.record()
+for _ in range(20):
+    a @ b
+end.record(); torch.cuda.synchronize()
+tflops = 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1e3) / 1e12
+print(f"bf16 matmul ceiling: {tflops:.0f} TFLOP/s")
+json.dump({"bf16_matmul_tflops": tflops}, open(os.path.join(os.environ["OUT"], "ceiling.json"), "w"))
+PY
+} 2>&1 | tee "$OUT/gpu.log"
+common=(--synthetic --model vit_l_16 --batch-size 32 --max-steps "$steps" --warmup-steps 10)
+python3 benchmark.py --out "$OUT/medium" "${common[@]}" --matmul-precision medium 2>&1 | tee "$OUT/medium.log"
+python3 benchmark.py --out "$OUT/highest" --scripts 01 04 "${common[@]}" --matmul-precision highest 2>&1 | tee "$OUT/highest.log"
+python3 - <<'PY' | tee -a "$OUT/gpu.log"
+import json, os
+out = os.environ["OUT"]
+ceiling = json.load(open(f"{out}/ceiling.json"))["bf16_matmul_tflops"] * 1e12
+for mode in ("medium", "highest"):
+    for line in open(f"{out}/{mode}/results.jsonl"):
+        r = json.loads(line)
+        if r["images_per_s"]:
+            mfu = r["images_per_s"] * r["flops_per_image"] / ceiling
+            print(f"{mode:8} {r['script']:32} {r['images_per_s']:8.1f} img/s  "
+                  f"{r['flops_per_image'] / 1e9:.0f} GFLOP/image  MFU vs measured ceiling {mfu:.1%}")
+PY

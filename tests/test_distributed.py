@@ -1,0 +1,73 @@
+"""Several processes on the CPU (gloo): one report, global counts, exact sharded accuracy, a joint stop."""
+
+import os
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import run_script
+
+import local_utilities
+from local_utilities import ShardedEvalSampler, all_finite, compute_accuracy
+
+TWO_CPU_PROCESSES = ["--quick", "--max-steps", "20", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+
+
+@pytest.mark.parametrize("script", ["01_fabric_baseline.py", "04_fabric_bf16true.py"])
+def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tmp_path, script):
+    returncode, stdout, stderr, records = run_script(script, *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1)
+    assert returncode == 0, stderr
+    assert len(records) == 1 and records[0]["world_size"] == 2
+    assert records[0]["train_images"] == 2 * 20 * 32  # both processes' images, 20 steps of 32 each
+    assert len(re.findall(r"^Training time", stdout, re.MULTILINE)) == 1
+    assert "x 2 process(es)" in stdout and "the most of any of the 2 processes" in stdout
+
+
+def test_divergence_stops_both_processes_together(tmp_path):
+    returncode, stdout, stderr, records = run_script("03_fabric_16true.py", *TWO_CPU_PROCESSES, cwd=tmp_path,
+                                                     threads=1)
+    assert returncode == 3, stderr
+    assert len(records) == 1 and records[0]["diverged"] and stderr.count("error: training diverged") == 1
+
+
+def in_two_processes(function, tmp_path, *args):
+    """Run function(rank, *args) in two gloo processes; fail if either fails."""
+    mp.spawn(start_process, args=(function, str(tmp_path / "store"), *args), nprocs=2, join=True)
+
+
+def start_process(rank, function, store_path, *args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        function(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def check_sharded_accuracy(rank, features, targets, expected):
+    dataset = torch.utils.data.TensorDataset(features, targets)
+    sampler = ShardedEvalSampler(dataset)
+    assert len(sampler) == (4 if rank == 0 else 3)  # 7 samples: no padding, none dropped
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler)
+    torch.manual_seed(0)
+    assert compute_accuracy(torch.nn.Linear(3, 4), loader) == expected
+
+
+def test_sharded_accuracy_equals_single_process_accuracy_on_an_uneven_split(tmp_path):
+    features, targets = torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    torch.manual_seed(0)
+    single = compute_accuracy(torch.nn.Linear(3, 4), torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(features, targets), batch_size=2))
+    assert 0 < single < 1  # some right, some wrong: a dropped or doubled sample would change it
+    in_two_processes(check_sharded_accuracy, tmp_path, features, targets, single)
+
+
+def check_one_nan_stops_all(rank):
+    loss = torch.tensor(float("nan") if rank == 1 else 1.0)
+    assert all_finite(loss) is False  # rank 0's loss is finite, but it must stop with rank 1
+
+
+def test_a_nan_on_one_process_stops_every_process(tmp_path):
+    in_two_processes(check_one_nan_stops_all, tmp_path)
