@@ -32,6 +32,8 @@ def parse_args(argv):
     parser.add_argument("--scripts", nargs="+", metavar="SCRIPT",
                         help="by number (01 04), file name or path; default: every numbered script next to benchmark.py")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results/)")
+    parser.add_argument("--repeats", type=int, default=1, metavar="N",
+                        help="run the scripts N times, taking turns, and report each script's median run (default 1)")
     parser.add_argument("--from-results", type=Path, metavar="FILE",
                         help="run nothing: tabulate and chart this JSON-lines file of records")
     args, script_args = parser.parse_known_args(argv)
@@ -59,6 +61,19 @@ def find_scripts(selection):
 def load_records(path):
     """The records of a JSON-lines results file, one dict per non-empty line."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def median_runs(rows):
+    """One row per script: its run with the median images/s (so the row's numbers belong together)."""
+    by_script = {}
+    for row in rows:
+        by_script.setdefault(row["script"], []).append(row)
+    summary = []
+    for runs in by_script.values():
+        crashed = [run for run in runs if run.get("crashed")]
+        ranked = sorted(runs, key=lambda run: run["images_per_s"] or 0) if not crashed else crashed
+        summary.append({**ranked[(len(ranked) - 1) // 2], "all_images_per_s": [run.get("images_per_s") for run in runs]})
+    return summary
 
 
 def drop_synthetic_accuracy(row):
@@ -96,18 +111,19 @@ def run_script(script, script_args, results_file):
     return {"script": script.name, "crashed": True, "exit_code": exit_code}
 
 
-def run_all(scripts, script_args, results_file):
-    """Run the scripts in turn with progress and an estimate of the time left; return one row per script."""
+def run_all(scripts, script_args, results_file, repeats=1):
+    """Run the scripts in turn, `repeats` rounds, with progress and the time left; return one row per run."""
     results_file.unlink(missing_ok=True)
     rows, start = [], time.perf_counter()
-    for number, script in enumerate(scripts, 1):
+    runs = [script for _ in range(repeats) for script in scripts]  # taking turns: drift hits every script alike
+    for number, script in enumerate(runs, 1):
         elapsed = time.perf_counter() - start
-        left = f", about {clock(elapsed / (number - 1) * (len(scripts) - number + 1))} left" if number > 1 else ""
-        print(f"[{number}/{len(scripts)}] {script.name}  (elapsed {clock(elapsed)}{left})", flush=True)
+        left = f", about {clock(elapsed / (number - 1) * (len(runs) - number + 1))} left" if number > 1 else ""
+        print(f"[{number}/{len(runs)}] {script.name}  (elapsed {clock(elapsed)}{left})", flush=True)
         script_start = time.perf_counter()
         rows.append(run_script(script, script_args, results_file))
         print(f"    -> {outcome(rows[-1])} after {clock(time.perf_counter() - script_start)}", flush=True)
-    print(f"All {len(scripts)} script(s) done in {clock(time.perf_counter() - start)}")
+    print(f"All {len(runs)} run(s) done in {clock(time.perf_counter() - start)}")
     return rows
 
 
@@ -133,16 +149,19 @@ def format_table(rows, command):
     records = [row for row in rows if not row.get("crashed")]
     finished = [r for r in records if not r["diverged"]] or records
     in_minutes = max((r["train_time_s"] for r in records), default=0) >= 120
+    repeats = max(len(row.get("all_images_per_s", [None])) for row in rows)
     lines = [f"{len(rows)} script(s), each in its own process, trained {distinct(records, lambda r: r['model'])} on "
              f"{distinct(records, lambda r: r['data'])} data for {distinct(finished, lambda r: str(r['epochs']))} "
              f"epoch(s), {distinct(finished, lambda r: str(r['steps']))} steps, at batch size "
              f"{distinct(records, lambda r: str(r['batch_size']))} per device."
              + (" Accuracy on generated data means nothing and is left out." if any(r["data"] == "synthetic" for r in records)
-                else ""), "",
+                else "")
+             + (f" Each script ran {repeats} times, taking turns; its row is the run with the median images/s, and the "
+                "last column lists every run's images/s." if repeats > 1 else ""), "",
              f"| Script | Model | Precision in effect | Matmul precision | Training time ({'min' if in_minutes else 's'}) | "
              "Images/s | Time/step vs 01 | Data wait | MFU | Peak memory (GB) | Memory vs 01 | Train acc. (%) | "
-             "Val acc. (%) | Test acc. (%) | Result |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "Val acc. (%) | Test acc. (%) | Result |" + (" Images/s of every run |" if repeats > 1 else ""),
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if repeats > 1 else "")]
     for row, ratio in zip(rows, ratios(rows)):
         result = outcome(row) if outcome(row) == "ok" else f"**{outcome(row)}**"
         if row.get("crashed"):
@@ -154,6 +173,8 @@ def format_table(rows, command):
                      cell(row["data_wait_share"], "{:.1%}"), cell(row.get("mfu"), "{:.1%}"),
                      cell(row["peak_memory_gb"]), cell(ratio["memory"], "{:.2f}x"),
                      *(cell(row[key], "{:.1f}", 100) for key in ("train_acc", "val_acc", "test_acc")), result]
+        if repeats > 1:
+            cells.append(", ".join(cell(value, "{:.1f}") for value in row.get("all_images_per_s", [])))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Hardware: {hardware(records)}.", f"Versions: {package_versions(records)}."]
     if records:
@@ -245,8 +266,8 @@ def main(argv=None):
     if args.from_results:
         rows = load_records(args.from_results)
     else:
-        rows = run_all(find_scripts(args.scripts), script_args, (args.out / "results.jsonl").resolve())
-    rows = [drop_synthetic_accuracy(row) for row in rows]
+        rows = run_all(find_scripts(args.scripts), script_args, (args.out / "results.jsonl").resolve(), args.repeats)
+    rows = [drop_synthetic_accuracy(row) for row in median_runs(rows)]
     comparisons = ratios(rows)
     (args.out / "results.md").write_text(format_table(rows, shlex.join(["python", "benchmark.py", *argv])))
     plot(rows, args.out / "results.png")

@@ -532,14 +532,16 @@ def all_finite(loss):
 def first_nonfinite(model, features, step):
     """Say where NaN/inf first appeared: weights or gradients of the last step, or this step's forward pass."""
     module = getattr(model, "module", model)  # Fabric's wrapper keeps the user's model as .module
+    num_tensors = len(list(module.parameters()))
     bad_weights = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
     if bad_weights:
         bad_grads = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         if bad_grads:
             return (f"the gradients of step {step - 1} were non-finite first (parameter {bad_grads[0]}, "
-                    f"{len(bad_grads)} in all), and the optimizer step wrote them into the weights")
+                    f"{len(bad_grads)} of {num_tensors} parameter tensors), and the optimizer step wrote them into the weights")
         return (f"the weights turned non-finite in optimizer step {step - 1} although its gradients were finite "
-                f"(first parameter {bad_weights[0]}, {len(bad_weights)} in all), so the loss of step {step} is NaN")
+                f"(first parameter {bad_weights[0]}, {len(bad_weights)} of {num_tensors} parameter tensors), "
+                f"so the loss of step {step} is NaN")
     bad_outputs = []  # hooks fire as each module finishes, so the first entry is the earliest culprit
 
     def note_nonfinite(name, output):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call, under 8 minutes on one H200: versions, the measured bf16 matmul ceiling, then the
 # benchmark runner's speed-and-memory mode for vit_l_16 at 224 (generated data, no download, batch 32
-# as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT.
+# as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT: run.log,
+# ceiling.json and the runner's results.{jsonl,md,png} in medium/ and highest/ (8 files, the device tool's limit).
 #   usage: OUT=/some/folder bash experiments/gpu_check.sh
 set -uo pipefail
 export OUT=${OUT:-results/gpu}
@@ -26,11 +27,11 @@ tflops = 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1e3) / 1e12
 print(f"bf16 matmul ceiling: {tflops:.0f} TFLOP/s")
 json.dump({"bf16_matmul_tflops": tflops}, open(os.path.join(os.environ["OUT"], "ceiling.json"), "w"))
 PY
-} 2>&1 | tee "$OUT/gpu.log"
+} 2>&1 | tee "$OUT/run.log"
 common=(--synthetic --model vit_l_16 --batch-size 32 --max-steps "$steps" --warmup-steps 10)
-python3 benchmark.py --out "$OUT/medium" "${common[@]}" --matmul-precision medium 2>&1 | tee "$OUT/medium.log"
-python3 benchmark.py --out "$OUT/highest" --scripts 01 04 "${common[@]}" --matmul-precision highest 2>&1 | tee "$OUT/highest.log"
-python3 - <<'PY' | tee -a "$OUT/gpu.log"
+python3 benchmark.py --out "$OUT/medium" "${common[@]}" --matmul-precision medium 2>&1 | tee -a "$OUT/run.log"
+python3 benchmark.py --out "$OUT/highest" --scripts 01 04 "${common[@]}" --matmul-precision highest 2>&1 | tee -a "$OUT/run.log"
+python3 - <<'PY' | tee -a "$OUT/run.log"
 import json, os
 out = os.environ["OUT"]
 ceiling = json.load(open(f"{out}/ceiling.json"))["bf16_matmul_tflops"] * 1e12

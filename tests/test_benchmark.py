@@ -177,3 +177,14 @@ def test_accuracy_on_synthetic_data_is_left_out_of_table_and_ratios(tmp_path):
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "Accuracy on generated data means nothing" in markdown
     assert table_rows(markdown)[2].endswith("| 0.50x | – | – | – | ok |")  # 04: memory ratio kept, accuracy dropped
+
+
+def test_repeated_runs_report_each_scripts_median_run(tmp_path):
+    runs = [record("01_fabric_baseline.py", images_per_s=speed, train_time_s=speed) for speed in (90.0, 110.0, 100.0)]
+    path = tmp_path / "repeated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs + [RECORDS[2]]))
+    assert benchmark.main(["--from-results", str(path), "--out", str(tmp_path / "out")]) == 0
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    rows = table_rows(markdown)
+    assert len(rows) == 2 and "| 100.0 | 1.00x |" in rows[0] and rows[0].endswith("| 90.0, 110.0, 100.0 |")
+    assert "its row is the run with the median images/s" in markdown

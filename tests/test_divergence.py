@@ -13,7 +13,7 @@ from local_utilities import first_nonfinite
 def test_16true_report_names_the_optimizer_step_and_first_parameter(quick_runs):
     stderr = quick_runs["03_fabric_16true.py"][2]
     assert ("the weights turned non-finite in optimizer step 1 although its gradients were finite "
-            "(first parameter class_token") in stderr
+            "(first parameter class_token, 43 of 44 parameter tensors)") in stderr
 
 
 def test_adam_eps_fix_trains_16true(quick_runs):
@@ -49,7 +49,7 @@ def test_report_blames_gradients_that_were_non_finite_before_the_weights():
     model[1].bias.grad[0] = float("nan")
     model[1].bias.data[0] = float("nan")
     where = first_nonfinite(model, torch.ones(2, 4), step=3)
-    assert where.startswith("the gradients of step 2 were non-finite first (parameter 1.bias, 1 in all)")
+    assert where.startswith("the gradients of step 2 were non-finite first (parameter 1.bias, 1 of 4 parameter tensors)")
 
 
 def test_report_blames_the_loss_when_the_forward_pass_is_finite():
