@@ -157,11 +157,11 @@ def format_table(rows, command):
              + (" Accuracy on generated data means nothing and is left out." if any(r["data"] == "synthetic" for r in records)
                 else "")
              + (f" Each script ran {repeats} times, taking turns; its row is the run with the median images/s, and the "
-                "last column lists every run's images/s." if repeats > 1 else ""), "",
-             f"| Script | Model | Precision in effect | Matmul precision | Training time ({'min' if in_minutes else 's'}) | "
-             "Images/s | Time/step vs 01 | Data wait | MFU | Peak memory (GB) | Memory vs 01 | Train acc. (%) | "
-             "Val acc. (%) | Test acc. (%) | Result |" + (" Images/s of every run |" if repeats > 1 else ""),
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if repeats > 1 else "")]
+                "last column lists every run's images/s." if repeats > 1 else ""), ""]
+    header = ["Script", "Model", "Precision in effect", "Matmul precision",
+              f"Training time ({'min' if in_minutes else 's'})", "Images/s", "Time/step vs 01", "Data wait", "MFU",
+              "Peak memory (GB)", "Memory vs 01", "Train acc. (%)", "Val acc. (%)", "Test acc. (%)", "Result"]
+    table = []
     for row, ratio in zip(rows, ratios(rows)):
         result = outcome(row) if outcome(row) == "ok" else f"**{outcome(row)}**"
         if row.get("crashed"):
@@ -173,9 +173,14 @@ def format_table(rows, command):
                      cell(row["data_wait_share"], "{:.1%}"), cell(row.get("mfu"), "{:.1%}"),
                      cell(row["peak_memory_gb"]), cell(ratio["memory"], "{:.2f}x"),
                      *(cell(row[key], "{:.1f}", 100) for key in ("train_acc", "val_acc", "test_acc")), result]
-        if repeats > 1:
-            cells.append(", ".join(cell(value, "{:.1f}") for value in row.get("all_images_per_s", [])))
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells + [", ".join(cell(value, "{:.1f}") for value in row.get("all_images_per_s", []))])
+    header.append("Images/s of every run")
+    shown = [column for column in range(len(header))  # a column with no value in any row says nothing
+             if column == 0 or any(cells[column] not in ("–", "") for cells in table)
+             and (column < len(header) - 1 or repeats > 1)]
+    lines += ["| " + " | ".join(header[column] for column in shown) + " |",
+              "|" + "|".join("---" if column in (0, 1, 2, 3, 14, 15) else "---:" for column in shown) + "|"]
+    lines += ["| " + " | ".join(cells[column] for column in shown) + " |" for cells in table]
     lines += ["", f"Hardware: {hardware(records)}.", f"Versions: {package_versions(records)}."]
     if records:
         lines.append(f"Peak memory is what each script measured, e.g. {records[0]['script']}: {records[0]['memory_measure']}.")
@@ -269,7 +274,13 @@ def main(argv=None):
         rows = run_all(find_scripts(args.scripts), script_args, (args.out / "results.jsonl").resolve(), args.repeats)
     rows = [drop_synthetic_accuracy(row) for row in median_runs(rows)]
     comparisons = ratios(rows)
-    (args.out / "results.md").write_text(format_table(rows, shlex.join(["python", "benchmark.py", *argv])))
+    command = shlex.join(["python", "benchmark.py", *argv])
+    if args.from_results:  # the records' own command, saved beside them by the run that made them
+        saved = args.from_results.parent / "command.txt"
+        command = f"{saved.read_text().strip()}\n# tabulated again by: {command}" if saved.exists() else command
+    else:
+        (args.out / "command.txt").write_text(command + "\n")
+    (args.out / "results.md").write_text(format_table(rows, command))
     plot(rows, args.out / "results.png")
     print_ratios(rows, comparisons)
     print(f"\nWrote {args.out / 'results.md'} and {args.out / 'results.png'}")

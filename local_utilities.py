@@ -101,6 +101,8 @@ def parse_args(argv=None):
         parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
     if args.data_dir and not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder; it needs train/<class>/ and test/<class>/")
+    if args.strategy == "fsdp" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
+        parser.error("--strategy fsdp needs CUDA GPUs (Fabric runs FSDP on GPUs only); use --strategy ddp here")
     if args.synthetic and args.max_steps is None:
         args.max_steps = 20
     if args.max_steps:

@@ -59,4 +59,4 @@ time_of = (lambda event: event.self_device_time_total) if fabric.device.type == 
 total = sum(time_of(event) for event in averages)
 matmul = sum(time_of(event) for event in averages if event.key in MATMULS)
 print(f"{args.precision}, matmul precision {args.matmul_precision}: {total / args.steps / 1e6:.2f} s per step, "
-      f"{matmul / total:.0%} of it in matrix multiplications and attention")
+      f"{matmul / args.steps / 1e6:.2f} s ({matmul / total:.0%}) of it in matrix multiplications and attention")

@@ -176,7 +176,8 @@ def test_accuracy_on_synthetic_data_is_left_out_of_table_and_ratios(tmp_path):
     assert benchmark.main(["--from-results", str(path), "--out", str(tmp_path / "out")]) == 0
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "Accuracy on generated data means nothing" in markdown
-    assert table_rows(markdown)[2].endswith("| 0.50x | – | – | – | ok |")  # 04: memory ratio kept, accuracy dropped
+    assert table_rows(markdown)[2].endswith("| 0.50x | ok |")  # 04: memory ratio kept, accuracy columns dropped
+    assert "Test acc." not in markdown
 
 
 def test_repeated_runs_report_each_scripts_median_run(tmp_path):

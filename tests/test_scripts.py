@@ -129,6 +129,7 @@ def test_quick_run_trains_on_an_image_folder(tmp_path, image_tree):
     (["--epochs", "-1"], "--epochs: must be a positive whole number, got -1"),
     (["--data-dir", "no/such/folder"], "--data-dir no/such/folder is not a folder"),
     (["--quick", "--synthetic"], "--quick and --synthetic pick different data"),
+    (["--quick", "--devices", "2", "--strategy", "fsdp"], "--strategy fsdp needs CUDA GPUs"),
 ])
 def test_bad_flags_get_one_clear_sentence(tmp_path, flags, message):
     returncode, stdout, stderr, records = run_script("01_fabric_baseline.py", *flags, cwd=tmp_path)
