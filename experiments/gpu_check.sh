@@ -28,7 +28,7 @@ print(f"bf16 matmul ceiling: {tflops:.0f} TFLOP/s")
 json.dump({"bf16_matmul_tflops": tflops}, open(os.path.join(os.environ["OUT"], "ceiling.json"), "w"))
 PY
 } 2>&1 | tee "$OUT/run.log"
-common=(--synthetic --model vit_l_16 --batch-size 32 --max-steps "$steps" --warmup-steps 10)
+common=(--synthetic --model vit_l_16 --batch-size 32 --max-steps "$steps" --warmup-steps 10 --num-workers 4)
 python3 benchmark.py --out "$OUT/medium" "${common[@]}" --matmul-precision medium 2>&1 | tee -a "$OUT/run.log"
 python3 benchmark.py --out "$OUT/highest" --scripts 01 04 "${common[@]}" --matmul-precision highest 2>&1 | tee -a "$OUT/run.log"
 python3 - <<'PY' | tee -a "$OUT/run.log"

@@ -139,3 +139,8 @@ def test_bad_flags_get_one_clear_sentence(tmp_path, flags, message):
 def test_pytorch_baseline_refuses_several_devices(tmp_path):
     returncode, _, stderr, records = run_script("00_pytorch_baseline.py", "--quick", "--devices", "2", cwd=tmp_path)
     assert returncode == 1 and "00_pytorch_baseline.py trains on one device" in stderr and records == []
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_command = re.search(r"^(python -m pytest .*)$", (ROOT / "README.md").read_text(), re.MULTILINE).group(1)
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "python3 " + readme_command.removeprefix("python ")
