@@ -144,7 +144,7 @@ def cell(value, template="{:.2f}", scale=1):
     return "–" if value is None else template.format(value * scale)
 
 
-def format_table(rows, command):
+def format_table(rows, comparisons, command):
     """results.md: a sentence of conditions, one table row per script, then hardware, versions and command."""
     records = [row for row in rows if not row.get("crashed")]
     finished = [r for r in records if not r["diverged"]] or records
@@ -162,7 +162,7 @@ def format_table(rows, command):
               f"Training time ({'min' if in_minutes else 's'})", "Images/s", "Time/step vs 01", "Data wait", "MFU",
               "Peak memory (GB)", "Memory vs 01", "Train acc. (%)", "Val acc. (%)", "Test acc. (%)", "Result"]
     table = []
-    for row, ratio in zip(rows, ratios(rows)):
+    for row, ratio in zip(rows, comparisons):
         result = outcome(row) if outcome(row) == "ok" else f"**{outcome(row)}**"
         if row.get("crashed"):
             cells = [row["script"], *["–"] * 13, result]
@@ -280,7 +280,7 @@ def main(argv=None):
         command = f"{saved.read_text().strip()}\n# tabulated again by: {command}" if saved.exists() else command
     else:
         (args.out / "command.txt").write_text(command + "\n")
-    (args.out / "results.md").write_text(format_table(rows, command))
+    (args.out / "results.md").write_text(format_table(rows, comparisons, command))
     plot(rows, args.out / "results.png")
     print_ratios(rows, comparisons)
     print(f"\nWrote {args.out / 'results.md'} and {args.out / 'results.png'}")

@@ -365,8 +365,9 @@ class TrainingMonitor:
             self.rss_before_model_kb = process_memory_kb("VmRSS")
         self.epoch = self.steps = self.steady_steps = self.images_trained = 0
         self.steady_time = self.data_wait = 0.0
-        self.model = self.batch = self.train_accuracy = self.matmul_dtype = self.start = None
-        self.val_acc = float("nan")
+        self.model = self.batch = self.train_accuracy = self.start = None
+        self.weight_dtype = self.matmul_dtype = self.precision_in_effect = None  # set by the first forward pass
+        self.train_acc = self.val_acc = float("nan")
         self.diverged_at = None
 
     def watch(self, model):
@@ -381,15 +382,14 @@ class TrainingMonitor:
                                                  lambda logits: logits.sum())
 
     def _record_matmul_dtype(self, module, inputs, output):
-        self.matmul_dtype = output.dtype
         self.head_hook.remove()
-        weight_dtype = module.weight.dtype
-        in_effect = precision_in_effect(weight_dtype, output.dtype)
+        self.weight_dtype, self.matmul_dtype = module.weight.dtype, output.dtype
+        self.precision_in_effect = in_effect = precision_in_effect(self.weight_dtype, self.matmul_dtype)
         why = ""
         if in_effect != self.precision_requested:
             why = (" (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)"
                    if self.precision_requested == "16-mixed" and self.device.type == "cpu" else " (differs from the request)")
-        print_once(f"Precision in effect: {in_effect}{why} | weights {str(weight_dtype)[6:]}, "
+        print_once(f"Precision in effect: {in_effect}{why} | weights {str(self.weight_dtype)[6:]}, "
                    f"matmul outputs {str(output.dtype)[6:]}")
 
     def _synchronize(self):
@@ -448,7 +448,6 @@ class TrainingMonitor:
         where = first_nonfinite(self.model, self.batch[0], self.steps + 1)
         self.diverged_at = where
         self.end = time.perf_counter()
-        self.train_acc = float("nan")
         self.report(float("nan"))
         if is_main_process():
             print(f"error: training diverged: {where}; use bf16-true (04_fabric_bf16true.py) or 16-mixed "
@@ -483,8 +482,7 @@ class TrainingMonitor:
         measured = self.steady_time > 0  # a run that diverged during warm-up has no steady state
         images_per_s = self.steady_steps * self.args.batch_size * world_size() / self.steady_time if measured else None
         data_wait_share = self.data_wait / self.steady_time if measured else None
-        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision_requested.split("-")[0], torch.float32)
-        peak_flops = get_available_flops(self.device, dtype) if self.device.type == "cuda" else None
+        peak_flops = get_available_flops(self.device, self.matmul_dtype) if self.device.type == "cuda" else None
         mfu = images_per_s / world_size() * self.flops_per_image / peak_flops if peak_flops and measured else None
         print_once(f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s)" + (
             f" | Steady state: {images_per_s:.1f} images/s over {self.steady_steps} steps, {data_wait_share:.1%} of "
@@ -492,9 +490,8 @@ class TrainingMonitor:
         print_once(f"Peak memory: {memory_line}")
         if self.diverged_at is None:
             print_once(f"Train acc.: {self.train_acc:.2%} | Val acc.: {self.val_acc:.2%} | Test acc.: {test_acc:.2%}")
-        weight_dtype = next(self.model.parameters()).dtype
         record = {
-            "script": Path(sys.argv[0]).name, "precision": precision_in_effect(weight_dtype, self.matmul_dtype or weight_dtype),
+            "script": Path(sys.argv[0]).name, "precision": self.precision_in_effect,
             "precision_requested": self.precision_requested, "device": self.device.type,
             "device_name": device_name(self.device), "world_size": world_size(), "model": self.args.model,
             "data": "synthetic" if self.args.synthetic else str(self.args.data_dir or ("generated" if self.args.quick else "cifar10")),
@@ -502,7 +499,7 @@ class TrainingMonitor:
             "train_images": images_trained,
             "matmul_precision": self.args.matmul_precision, "train_time_s": train_time, "images_per_s": images_per_s,
             "data_wait_share": data_wait_share, "flops_per_image": self.flops_per_image, "mfu": mfu,
-            "peak_memory_gb": peak_gb, "memory_measure": memory_line, "weight_dtype": str(weight_dtype)[6:],
+            "peak_memory_gb": peak_gb, "memory_measure": memory_line, "weight_dtype": str(self.weight_dtype)[6:],
             "matmul_output_dtype": str(self.matmul_dtype)[6:], "train_acc": self.train_acc, "val_acc": self.val_acc,
             "test_acc": test_acc, "diverged": self.diverged_at is not None, "diverged_at": self.diverged_at,
             "versions": versions(),

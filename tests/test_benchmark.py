@@ -60,12 +60,13 @@ def test_from_results_writes_a_png_chart_and_one_table_row_per_record(results_fi
 
 
 def test_table_marks_the_diverged_row_and_only_it(results_file):
-    rows = table_rows(benchmark.format_table(benchmark.load_records(results_file), "python benchmark.py"))
+    records = benchmark.load_records(results_file)
+    rows = table_rows(benchmark.format_table(records, benchmark.ratios(records), "python benchmark.py"))
     assert [row.endswith("| **diverged** |") for row in rows] == [False, True, False]
 
 
 def test_table_numbers_hardware_versions_and_command_come_from_the_records():
-    markdown = benchmark.format_table(RECORDS, "python benchmark.py --max-steps 50")
+    markdown = benchmark.format_table(RECORDS, benchmark.ratios(RECORDS), "python benchmark.py --max-steps 50")
     assert ("| 04_fabric_bf16true.py | vit_b_16 | bf16-true | high | 30.0 | 200.0 | 0.50x | 25.0% | 40.0% | 1.00 | "
             "0.50x | 75.0 | 75.0 | 75.0 | ok |") in markdown
     assert "Training time (s)" in markdown
@@ -74,7 +75,8 @@ def test_table_numbers_hardware_versions_and_command_come_from_the_records():
 
 
 def test_table_gives_long_training_times_in_minutes():
-    markdown = benchmark.format_table([record("01_fabric_baseline.py", train_time_s=600.0)], "python benchmark.py")
+    rows = [record("01_fabric_baseline.py", train_time_s=600.0)]
+    markdown = benchmark.format_table(rows, benchmark.ratios(rows), "python benchmark.py")
     assert "Training time (min)" in markdown and "| 10.0 |" in markdown
 
 

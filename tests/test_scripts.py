@@ -144,3 +144,10 @@ def test_pytorch_baseline_refuses_several_devices(tmp_path):
 def test_ci_runs_the_readme_test_command():
     readme_command = re.search(r"^(python -m pytest .*)$", (ROOT / "README.md").read_text(), re.MULTILINE).group(1)
     assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "python3 " + readme_command.removeprefix("python ")
+
+
+def test_runner_knows_the_scripts_divergence_exit_code():
+    import benchmark
+    import local_utilities
+
+    assert benchmark.DIVERGED_EXIT_CODE == local_utilities.DIVERGED_EXIT_CODE  # kept apart so the runner needs no torch
