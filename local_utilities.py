@@ -1,6 +1,6 @@
-"""Plumbing shared by the numbered scripts: flags, data, model, accuracy and the run report.
+"""Plumbing shared by the numbered scripts: flags, data, accuracy, memory, the divergence diagnosis and the run record.
 
-The training loop itself lives in each script; everything here is the same for all of them.
+The model, the optimizer, Fabric and the training loop live in each script; nothing here changes what is trained.
 """
 
 import argparse
@@ -8,29 +8,40 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import sys
-import tempfile
-import time
+import warnings
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torchvision
-from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
+from filelock import FileLock
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.models._api import register_model
 
 VIT_BUILDERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
 TINY_VIT = "vit_tiny_32"  # the small model of --quick: 32x32 input, random initial weights
+SEED = 123
 DIVERGED_EXIT_CODE = 3  # a run that stopped because the loss or the weights turned NaN/inf
-PROGRESS_EVERY_S = 30.0
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 QUICK_SPLIT_SIZES = (2250, 250, 500)  # train, val, test: CIFAR-10's 45k/5k/10k divided by 20
+CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux; absent in some containers)
+# Dense (no 2:4 sparsity) peak FLOP/s of H100 SXM and H200 SXM, from NVIDIA's datasheets. Lightning 2.6's
+# get_available_flops misses the H200 (it matches only names with "sxm1"/"nvl1") and lists its sparse figures.
+DENSE_PEAK_FLOPS = {torch.bfloat16: 989e12, torch.float16: 989e12, "tfloat32": 494e12, torch.float32: 67e12}
+IMAGE_ENDINGS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}  # a truncated file lacks these
 
 
 def fail(message):
@@ -39,95 +50,70 @@ def fail(message):
     sys.exit(1)
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
-
-
 def parse_args(argv=None):
     """The flags every numbered script accepts; defaults reproduce the reference experiment."""
-    parser = argparse.ArgumentParser(
-        description="Finetune a vision transformer on CIFAR-10 (or your own images) and report training time, "
-        "peak memory and accuracy. The defaults reproduce the reference experiment.")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"offline run in under a minute on a laptop CPU: the small {TINY_VIT} model trained on "
-                        "generated images (or on --data-dir resized to 32x32)")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="speed-and-memory mode: full-size generated images, random initial weights, no "
-                        "download; one epoch of --max-steps steps (default 20)")
-    parser.add_argument("--data-dir", type=Path, metavar="PATH",
-                        help="your own images as PATH/train/<class>/*, PATH/test/<class>/* and optionally "
-                        "PATH/val/<class>/* (else a seeded 10%% of train); default: CIFAR-10, downloaded to ./data")
-    parser.add_argument("--model", choices=VIT_BUILDERS, default="vit_l_16",
-                        help="torchvision ViT builder, with ImageNet weights unless --synthetic (default %(default)s)")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default 3)")
-    parser.add_argument("--max-steps", type=positive_int, metavar="N",
-                        help="train one epoch of at most N optimizer steps, then evaluate and report as usual")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per device and step (default 32)")
-    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 5e-5, or 1e-3 with --quick)")
-    parser.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default="medium",
-                        help="torch.set_float32_matmul_precision (default medium, as in the reference): high or "
-                        "medium let float32 matmuls use TF32 on Ampere+ GPUs, and medium lets CPUs with AMX use "
-                        "bfloat16; highest keeps true float32")
-    parser.add_argument("--num-workers", type=non_negative_int,
-                        help="data loader worker processes (default 0 for generated data, else up to 8)")
-    parser.add_argument("--warmup-steps", type=non_negative_int, default=5, metavar="N",
-                        help="first N steps left out of the steady-state images/s (default 5)")
-    parser.add_argument("--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE")
-    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                        help="where to train (default auto: a GPU when there is one, else the CPU)")
-    parser.add_argument("--devices", type=positive_int, default=1, help="devices per machine (default 1)")
-    parser.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default="auto",
-                        help="how several devices share the work (default auto: ddp when --devices > 1)")
-    parser.add_argument("--num-nodes", type=positive_int, default=1, help="machines (default 1)")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Finetune a vision transformer on CIFAR-10 (or "
+                                     "your own images); report training time, peak memory and accuracy.")
+    add = parser.add_argument
+    add("--quick", action="store_true", help=f"offline, about a minute on a laptop CPU: the small {TINY_VIT} on "
+        "generated images (or on --data-dir at 32x32)")
+    add("--synthetic", action="store_true", help="speed-and-memory mode: full-size generated images, random initial "
+        "weights, no download; one epoch of --max-steps steps (default 20)")
+    add("--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/*, PATH/test/<class>/* and/or "
+        "PATH/val/<class>/*; default: CIFAR-10, downloaded to ./data")
+    add("--model", choices=VIT_BUILDERS, help="torchvision ViT, with ImageNet weights unless --synthetic (default vit_l_16)")
+    add("--epochs", type=int, help="passes over the training set (default 3)")
+    add("--max-steps", type=int, metavar="N", help="train one epoch of at most N steps, then evaluate and report")
+    add("--batch-size", type=int, default=32, help="images per device and step (default 32)")
+    add("--learning-rate", type=float, help="Adam's learning rate (default 5e-5, or 1e-3 with --quick)")
+    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium", help="torch.set_float32_matmul_"
+        "precision (default medium, as in the reference): TF32 on Ampere+ GPUs, bfloat16 on AMX CPUs; highest: float32")
+    add("--num-workers", type=int, help="data loader processes (default 0 for generated data, else up to 8)")
+    add("--warmup-steps", type=int, default=5, metavar="N", help="steps left out of the steady state (default 5)")
+    add("--track-updates", action="store_true", help="report the share of weights that training changed (keeps a "
+        "copy of the initial weights in CPU memory)")
+    add("--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE")
+    add("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train (default auto)")
+    add("--devices", type=int, default=1, help="devices per machine (default 1)")
+    add("--strategy", choices=("auto", "ddp", "fsdp"), default="auto", help="how devices share the work (default auto)")
+    add("--num-nodes", type=int, default=1, help="machines (default 1)")
     args = parser.parse_args(argv)
 
-    if args.quick and args.synthetic:
-        parser.error("--quick and --synthetic pick different data; use one of them")
-    if args.synthetic and args.data_dir:
-        parser.error("--synthetic generates its own images; drop --data-dir")
-    if args.max_steps and "--epochs" in (argv if argv is not None else sys.argv):
-        parser.error("--max-steps trains one epoch of at most that many steps; drop --epochs")
-    if args.learning_rate is not None and not args.learning_rate > 0:
-        parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
-    if args.data_dir and not args.data_dir.is_dir():
-        parser.error(f"--data-dir {args.data_dir} is not a folder; it needs train/<class>/ and test/<class>/")
-    if args.strategy == "fsdp" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
-        parser.error("--strategy fsdp needs CUDA GPUs (Fabric runs FSDP on GPUs only); use --strategy ddp here")
-    if args.synthetic and args.max_steps is None:
-        args.max_steps = 20
-    if args.max_steps:
-        args.epochs = 1
-    if args.quick:
-        args.model = TINY_VIT
-    if args.learning_rate is None:
-        args.learning_rate = 1e-3 if args.quick else 5e-5
+    for name, lowest, words in [(name, 1, "a positive whole number") for name in (
+            "epochs", "max_steps", "batch_size", "devices", "num_nodes")] + [
+            ("num_workers", 0, "zero or more"), ("warmup_steps", 0, "zero or more")]:
+        if getattr(args, name) is not None and getattr(args, name) < lowest:
+            parser.error(f"--{name.replace('_', '-')}: must be {words}, got {getattr(args, name)}")
+    no_accelerator = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
+    for refused, message in [
+        (args.learning_rate is not None and not 0 < args.learning_rate < math.inf,
+         f"--learning-rate must be a positive finite number, got {args.learning_rate}"),
+        (args.quick and args.synthetic, "--quick and --synthetic pick different data; use one of them"),
+        (args.quick and args.model, f"--quick trains its own small model ({TINY_VIT}); drop --model, or drop --quick"),
+        (args.synthetic and args.data_dir, "--synthetic generates its own images; drop --data-dir"),
+        (args.max_steps and args.epochs, "--max-steps trains one epoch of at most that many steps; drop --epochs"),
+        (args.data_dir and not args.data_dir.is_dir(), f"--data-dir {args.data_dir} is not a folder; it needs "
+         "train/<class>/ and test/<class>/"),
+        (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has "
+         "none; use --accelerator cpu or auto"),
+        (args.strategy == "fsdp" and (args.accelerator == "cpu" or not torch.cuda.is_available()),
+         "--strategy fsdp needs CUDA GPUs (Fabric runs FSDP on GPUs only); use --strategy ddp here"),
+        (args.results and args.results.is_dir(), f"--results {args.results} is a folder; name a file in it"),
+        (args.results and not os.access(next(path for path in (args.results, *args.results.parents) if path.exists()),
+                                        os.W_OK), f"--results {args.results} cannot be written (no permission)")]:
+        if refused:
+            parser.error(message)
+    if args.results and not args.results.parent.is_dir():
+        print(f"Creating the folder {args.results.parent} for --results")
+        args.results.parent.mkdir(parents=True)
+    args.model = TINY_VIT if args.quick else args.model or "vit_l_16"
+    args.weights = None if args.quick or args.synthetic else "IMAGENET1K_V1"
+    args.max_steps = args.max_steps or (20 if args.synthetic else None)
+    args.epochs = 1 if args.max_steps else args.epochs or 3
+    args.learning_rate = args.learning_rate or (1e-3 if args.quick else 5e-5)
     if args.num_workers is None:
         args.num_workers = 0 if (args.quick or args.synthetic) and not args.data_dir else min(8, os.cpu_count())
     return args
-
-
-def get_device(args):
-    """The one device of the plain-PyTorch script: CUDA, else MPS, else CPU."""
-    if args.devices > 1 or args.num_nodes > 1 or args.strategy != "auto":
-        fail("00_pytorch_baseline.py trains on one device; use a Fabric script (01-05) for "
-             "--devices, --num-nodes or --strategy")
-    if args.accelerator in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if args.accelerator in ("auto", "mps") and torch.backends.mps.is_available():
-        return torch.device("mps")
-    if args.accelerator not in ("auto", "cpu"):
-        fail(f"--accelerator {args.accelerator} was asked for but is not available on this machine")
-    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- data
@@ -143,46 +129,84 @@ def generated_dataset(num_images, num_classes=10, image_size=32, seed=0):
     return TensorDataset(images, labels)
 
 
-class RepeatedImages(torch.utils.data.Dataset):
-    """Full-size random images for speed runs: a small pool, indexed round-robin, costs no loading time."""
+def repeated_images(length, image_size, pool_size=64):
+    """`length` full-size random images for speed runs: a pool of 64, repeated, costs no memory or loading time."""
+    pool = TensorDataset(torch.randn(pool_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)),
+                         torch.randint(0, 10, (pool_size,), generator=torch.Generator().manual_seed(1)))
+    return Subset(pool, [index % pool_size for index in range(length)])
 
-    def __init__(self, length, image_size, num_classes=10, pool_size=64):
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(pool_size, 3, image_size, image_size, generator=generator)
-        self.labels = torch.randint(0, num_classes, (pool_size,), generator=generator)
-        self.length = length
 
-    def __len__(self):
-        return self.length
+def load_rgb(path):
+    """An image file as 8-bit RGB; 16-bit images (microscopes, scanners) are scaled to 8 bits, not clipped to white."""
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith("I"):  # 16-bit ("I;16") or 32-bit integer pixels, read as 0..65535
+                image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise OSError(f"cannot read the image {path} ({error}); delete it or copy it again") from None
 
-    def __getitem__(self, index):
-        return self.images[index % len(self.images)], self.labels[index % len(self.labels)]
+
+# A bad image that only decoding finds surfaces in the training loop, maybe from a loader worker: say its one sentence.
+sys.excepthook = lambda kind, error, trace: print("error: " + re.findall(r"cannot read the image .*", str(error))[-1],
+    file=sys.stderr) if "cannot read the image" in str(error) else sys.__excepthook__(kind, error, trace)
+
+
+class VisibleImageFolder(ImageFolder):
+    """ImageFolder that skips hidden entries: '.name' folders and files, macOS '._name.png' metadata files."""
+
+    def find_classes(self, directory):
+        classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and entry.name[0] != ".")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
+def visible_image(path):
+    return path.lower().endswith(IMG_EXTENSIONS) and "/." not in path.replace(os.sep, "/")
+
+
+def check_images(dataset):
+    """Open the header of every image once (and check that PNG/JPEG files end whole): name a bad file before training."""
+    for path, _ in dataset.samples:
+        with warnings.catch_warnings(), open(path, "rb") as file:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                Image.open(file).close()
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+                fail(f"the image {path} is over Pillow's decompression-bomb limit ({error}); downscale it")
+            except (OSError, ValueError, SyntaxError) as error:
+                fail(f"cannot read the image {path} ({error}); delete it or copy it again")
+            ending = IMAGE_ENDINGS.get(Path(path).suffix.lower(), b"")
+            if file.seek(0, 2) < len(ending) or file.seek(-len(ending), 2) and not file.read().endswith(ending):
+                fail(f"the image {path} is truncated (it lacks its format's end marker); delete it or copy it again")
 
 
 def image_folder_splits(data_dir, transform):
-    """train/val/test ImageFolders from a tree; val is a seeded 10% of train when the folder is absent."""
-    splits = {}
-    for name in ("train", "val", "test"):
-        folder = data_dir / name
-        if not folder.is_dir():
-            if name == "val":
-                continue
-            fail(f"--data-dir {data_dir} has no {name}/ folder; it needs {name}/<class>/<image files>")
-        try:
-            splits[name] = ImageFolder(folder, transform=transform)
-        except (FileNotFoundError, RuntimeError) as error:  # no class folders, or no images in them
-            fail(f"--data-dir split {folder} holds no usable images ({error})")
-    train_classes = splits["train"].classes
-    for name, dataset in splits.items():
-        if dataset.classes != train_classes:
-            fail(f"--data-dir splits disagree on the classes: train has {train_classes}, "
-                 f"{name} has {dataset.classes}; give every split the same class folders")
-    if "val" in splits:
-        return splits["train"], splits["val"], splits["test"], len(train_classes)
-    order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(0)).tolist()
+    """(train, val, test, class names, where val and test come from) for train/ beside test/ and/or val/."""
+    found = {name: VisibleImageFolder(data_dir / name, transform, loader=load_rgb, is_valid_file=visible_image,
+                                      allow_empty=True) for name in ("train", "val", "test") if (data_dir / name).is_dir()}
+    if "train" not in found or len(found) < 2:
+        fail(f"--data-dir {data_dir} needs train/<class>/<images> and test/<class>/ or val/<class>/ beside it; it has "
+             f"{', '.join(f'{name}/' for name in found) or 'neither'}")
+    classes = found["train"].classes
+    for name, split in found.items():
+        counts = np.bincount(split.targets, minlength=len(split.classes)).tolist()
+        if split.classes != classes:
+            fail(f"--data-dir splits disagree on the classes: train has {classes}, {name} has {split.classes}; give "
+                 "every split the same class folders")
+        if 0 in counts:
+            fail(f"--data-dir class folder {data_dir / name / classes[counts.index(0)]} holds no images "
+                 f"({', '.join(IMG_EXTENSIONS)}); add images to it or delete it")
+        print_once(f"{name}/: {len(split)} images in {len(classes)} classes {dict(zip(classes, counts))}")
+        check_images(split)
+    if len(classes) < 2:
+        fail(f"--data-dir {data_dir} has one class folder ({classes[0]}); a classifier needs at least two classes")
+    if "val" in found and "test" in found:
+        return found["train"], found["val"], found["test"], classes, "val/", "test/"
+    order = torch.randperm(len(found["train"]), generator=torch.Generator().manual_seed(0)).tolist()
     num_val = max(1, len(order) // 10)
-    train = Subset(splits["train"], order[num_val:])
-    return train, Subset(splits["train"], order[:num_val]), splits["test"], len(train_classes)
+    train, val = Subset(found["train"], order[num_val:]), Subset(found["train"], order[:num_val])
+    test_name = "test" if "test" in found else "val"  # train/ and val/ only: val/ is the held-out test set
+    return train, val, found[test_name], classes, f"a seeded 10% of train/ ({num_val} images)", f"{test_name}/"
 
 
 def cifar10_splits(data_dir, transform):
@@ -194,11 +218,15 @@ def cifar10_splits(data_dir, transform):
         fail(f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); connect to the "
              "internet, or train offline with --quick or on your own images with --data-dir PATH")
     num_train = len(train_full) - 5000
-    return Subset(train_full, range(num_train)), Subset(train_full, range(num_train, len(train_full))), test, 10
+    return Subset(train_full, range(num_train)), Subset(train_full, range(num_train, len(train_full))), test
 
 
 def world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 class ShardedEvalSampler(DistributedSampler):
@@ -215,108 +243,160 @@ class ShardedEvalSampler(DistributedSampler):
 
 
 def get_dataloaders(args):
-    """Train, validation and test loaders plus the class count, for the data the flags select."""
-    image_size = 32 if args.quick else 224
+    """Train, validation and test loaders plus the class count, for the data the flags select.
+
+    The training order is a shuffle seeded by SEED and the epoch only (DistributedSampler.set_epoch, which Fabric
+    calls each epoch), so it is the same for any --num-workers. Sets args.val_split/test_split for the record.
+    """
+    size, args.val_split, args.test_split, num_classes = 32 if args.quick else 224, "validation split", "test split", 10
+    transform = None if args.synthetic or args.quick and not args.data_dir else transforms.Compose([
+        transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]) \
+        if args.quick else torchvision.models.get_model_weights(args.model)[args.weights].transforms()  # the weights' own
     if args.synthetic:
-        num_train = args.max_steps * args.batch_size * world_size()
-        train, val, test, num_classes = (RepeatedImages(num_train, image_size), RepeatedImages(2 * args.batch_size, image_size),
-                                         RepeatedImages(2 * args.batch_size, image_size), 10)
-    elif args.quick and not args.data_dir:
+        batches = (args.max_steps * world_size(), 2, 2)
+        train, val, test = (repeated_images(count * args.batch_size, size) for count in batches)
+    elif args.data_dir:
+        train, val, test, classes, args.val_split, args.test_split = image_folder_splits(args.data_dir, transform)
+        num_classes = len(classes)
+        print_once(f"Validation: {args.val_split} | test: {args.test_split}")
+    elif args.quick:
         num_train, num_val, num_test = QUICK_SPLIT_SIZES
-        train_full = generated_dataset(num_train + num_val, seed=0)
+        train_full, test = generated_dataset(num_train + num_val, seed=0), generated_dataset(num_test, seed=1)
         train, val = Subset(train_full, range(num_train)), Subset(train_full, range(num_train, num_train + num_val))
-        test, num_classes = generated_dataset(num_test, seed=1), 10
     else:
-        if args.quick:
-            transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        else:  # the pretrained weights' own preprocessing: resize, centre crop, ImageNet normalisation
-            transform = torchvision.models.get_model_weights(args.model)["IMAGENET1K_V1"].transforms()
-        if args.data_dir:
-            train, val, test, num_classes = image_folder_splits(args.data_dir, transform)
-        else:
-            train, val, test, num_classes = cifar10_splits(Path("data"), transform)
-
-    loader_settings = dict(batch_size=args.batch_size, num_workers=args.num_workers,
-                           pin_memory=torch.cuda.is_available(), persistent_workers=args.num_workers > 0)
-    shuffle_order = torch.Generator().manual_seed(123)  # the same data order on every device
-    train_loader = DataLoader(train, shuffle=True, drop_last=True, generator=shuffle_order, **loader_settings)
-    eval_loaders = [DataLoader(dataset, sampler=ShardedEvalSampler(dataset) if world_size() > 1 else None, **loader_settings)
-                    for dataset in (val, test)]
-    return train_loader, *eval_loaders, num_classes
+        train, val, test = cifar10_splits(Path("data"), transform)
+    if len(train) < args.batch_size * world_size():
+        fail(f"the training split has {len(train)} images, fewer than one batch of {args.batch_size} x "
+             f"{world_size()} device(s); use --batch-size {max(1, len(train) // world_size())} or less, or add images")
+    settings = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                    persistent_workers=args.num_workers > 0)
+    train_sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=SEED)
+    train_loader = DataLoader(train, sampler=train_sampler, drop_last=True, **settings)
+    if args.max_steps and args.max_steps > len(train_loader):
+        print_once(f"Training {len(train_loader)} of the {args.max_steps} steps asked for: --max-steps trains one "
+                   f"epoch, and this training set holds {len(train_loader)} batches of {args.batch_size}")
+    return train_loader, *[DataLoader(dataset, sampler=ShardedEvalSampler(dataset) if world_size() > 1 else None,
+                                      **settings) for dataset in (val, test)], num_classes
 
 
-# ---------------------------------------------------------------- model and accuracy
+# ---------------------------------------------------------------- model weights and accuracy
 
 
-def vit_architecture(name, num_classes):
-    """The network alone, randomly initialised (also used on the meta device to count FLOPs)."""
-    if name == TINY_VIT:
-        return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=4,
-                                                    hidden_dim=64, mlp_dim=128, num_classes=num_classes)
-    return torchvision.models.get_model(name, num_classes=num_classes)
+@register_model(TINY_VIT)  # so that torchvision.models.get_model(TINY_VIT) builds it, like the real ViTs
+def vit_tiny_32(weights=None, **kwargs):
+    """A 3-layer ViT for 32x32 images (about 0.1 M parameters); it has no pretrained weights."""
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=4, hidden_dim=64,
+                                                mlp_dim=128, **kwargs)
 
 
-def build_model(args, num_classes):
-    """torchvision's ViT with a new `num_classes` head; ImageNet weights unless --quick or --synthetic."""
-    if args.quick or args.synthetic:
-        return vit_architecture(args.model, num_classes)
-    weights = torchvision.models.get_model_weights(args.model)["IMAGENET1K_V1"]
+def pretrained_weights(args):
+    """The torchvision weights of args.model, downloaded to torch's hub cache once and checked; None without weights."""
+    weights = args.weights and torchvision.models.get_model_weights(args.model)[args.weights]
+    path = weights and Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
-        model = torchvision.models.get_model(args.model, weights=weights)
+        if weights and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path))
+        weights and torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads the index only
     except (URLError, OSError) as error:
-        fail(f"could not download the {args.model} ImageNet weights ({getattr(error, 'reason', error)}); connect to "
-             "the internet once (they are cached in ~/.cache/torch), or use --synthetic or --quick")
-    model.heads.head = torch.nn.Linear(model.heads.head.in_features, num_classes)
-    return model
-
-
-def model_device(model):
-    return next(model.parameters()).device
+        fail(f"could not download the {args.model} ImageNet weights ({getattr(error, 'reason', error)}); connect to the "
+             f"internet once (they are cached in {path.parent}), or train the small model from scratch with --quick"
+             + ("" if args.data_dir else ", or measure speed and memory with --synthetic"))
+    except RuntimeError as error:
+        fail(f"the cached weights file {path} is damaged ({str(error).splitlines()[0]}), perhaps by an interrupted "
+             "download; delete it and run again with internet access")
+    return weights
 
 
 @torch.inference_mode()
 def compute_accuracy(model, loader):
     """Fraction of correctly classified images; exact across processes (summed counts, no padding)."""
     model.eval()
-    device = model_device(model)
+    device = next(model.parameters()).device
     accuracy = None
     for features, targets in loader:
         logits = model(features.to(device))
-        if accuracy is None:
-            accuracy = MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False).to(device)
+        accuracy = accuracy or MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False).to(device)
         accuracy.update(logits.argmax(dim=1), targets.to(device))
-    if accuracy is None:  # this process got no samples; still join the other processes' sum
-        accuracy = MulticlassAccuracy(2, average="micro").to(device)
-    return accuracy.compute().item()
+    accuracy = accuracy or MulticlassAccuracy(2, average="micro").to(device)  # no samples here: still join the sum
+    return accuracy.compute().item()  # torchmetrics sums the counts over processes
 
 
-# ---------------------------------------------------------------- run monitor and report
+def copy_weights(model):
+    """A CPU copy of every parameter, for --track-updates (CPU memory: the accelerator's peak stays as it was)."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in getattr(model, "module", model).named_parameters()}
 
 
-def is_main_process():
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def changed_shares(model, initial, largest=3):
+    """Share of weight elements that differ from `initial`: over all weights, and for the `largest` tensors."""
+    changed = {name: (p.detach().cpu() != initial[name]).sum().item() for name, p in getattr(model, "module", model).named_parameters()}
+    biggest = sorted(initial, key=lambda name: initial[name].numel(), reverse=True)[:largest]
+    return {"all": sum(changed.values()) / sum(tensor.numel() for tensor in initial.values()),
+            **{name: changed[name] / initial[name].numel() for name in biggest}}
 
 
-def print_once(*values):
+# ---------------------------------------------------------------- what the run prints and measures
+
+
+def print_once(*values, **kwargs):
     """print on the first process only, so a multi-GPU run prints each line once."""
-    if is_main_process():
-        print(*values, flush=True)
+    if rank() == 0:
+        print(*values, **kwargs, flush=True)
 
 
 def versions():
-    return {"python": platform.python_version(),
-            **{name: version(name) for name in ("torch", "torchvision", "lightning")}}
+    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "torchvision", "lightning")}}
 
 
 def device_name(device):
+    """The GPU's name, or the CPU's model name from /proc/cpuinfo (else what platform knows) and its thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
     return f"{cpu} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"{device.type}: {cpu}"
+
+
+def cpu_info(field):
+    """The first value of `field` in /proc/cpuinfo ('model name', 'flags' on x86, 'Features' on Arm), or ''."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == field), "")
+
+
+def print_setup(args, precision, device):
+    """Print versions and the device; refuse bfloat16 on a GPU without it; say where a CPU emulates 16-bit matmuls."""
+    if device.type == "cuda" and "bf16" in precision and not torch.cuda.is_bf16_supported(including_emulation=False):
+        fail(f"{precision} needs native bfloat16, which {device_name(device)} lacks (it arrived with Ampere, "
+             "compute capability 8.0); run 02_fabric_16mixed.py (16-mixed) on this GPU instead")
+    try:
+        from watermark import watermark
+        print_once(watermark(packages="torch,torchvision,lightning,torchmetrics", python=True).strip())
+    except ImportError:  # watermark is optional: some GPU images lack it
+        print_once(" | ".join(f"{name}: {value}" for name, value in versions().items()))
+    print_once(f"Device: {device_name(device)} x {world_size()} process(es) | Model: {args.model} | "
+               f"Precision asked for: {precision} | float32 matmul precision: {args.matmul_precision}")
+    half = "float16" if precision == "16-true" else "bfloat16"  # 16-mixed runs as bf16-mixed on a CPU
+    units = {"amx_fp16", "avx512_fp16", "fphp"} if half == "float16" else {"amx_bf16", "avx512_bf16", "bf16"}
+    flags = set((cpu_info("flags") or cpu_info("Features")).split())  # what the CPU itself reports (x86, Arm)
+    if device.type == "cpu" and precision != "32-true" and flags and not flags & units:
+        print_once(f"Note: this CPU has no {half} matrix units ({', '.join(sorted(units))}), so {precision} is emulated "
+                   "and slower than 32-true here, up to tens of times; compare precisions on a GPU or a CPU with them")
+
+
+def watch_dtypes(model, precision, device):
+    """A dict that the first forward pass fills with the dtypes in effect (head weights, matmul output), printed once."""
+    dtypes = {}
+
+    def record(head, inputs, output):
+        hook.remove()
+        dtypes.update(weight=head.weight.dtype, matmul=output.dtype, in_effect=precision_in_effect(head.weight.dtype, output.dtype))
+        why = "" if dtypes["in_effect"] == precision else " (differs from the request)"
+        if precision == "16-mixed" and device.type == "cpu":
+            why = " (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)"
+        print_once(f"Precision in effect: {dtypes['in_effect']}{why} | weights {str(head.weight.dtype)[6:]}, "
+                   f"matmul outputs {str(output.dtype)[6:]}")
+
+    hook = getattr(model, "module", model).heads.head.register_forward_hook(record)
+    return dtypes
 
 
 def precision_in_effect(weight_dtype, matmul_dtype):
@@ -327,188 +407,146 @@ def precision_in_effect(weight_dtype, matmul_dtype):
     return f"{short[weight_dtype]}-true"
 
 
-def process_memory_kb(field):
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":")))
+def synchronize(device):
+    """Wait until the accelerator has finished its queued work (CPU work is already done when Python returns)."""
+    if device.type in ("cuda", "mps"):
+        getattr(torch, device.type).synchronize()
 
 
-def write_record(path, record):
-    """Append one JSON line to `path`, atomically: the file never holds a half-written record."""
-    path = Path(path)
-    existing = path.read_text() if path.exists() else ""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False, suffix=".tmp") as tmp:
-        tmp.write(existing + json.dumps(record) + "\n")
-    os.chmod(tmp.name, 0o644)  # a temporary file is private to its owner; a results file is not
-    os.replace(tmp.name, path)
+def speed(images_per_s, seconds_per_step):
+    """Images/s with at least three significant digits; seconds per step beside it when a step takes a second or more."""
+    rate = f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:.3g}"
+    return f"{rate} img/s" + (f" ({seconds_per_step:.2f} s/step)" if seconds_per_step >= 1 else "")
 
 
-class TrainingMonitor:
-    """Times the steps, prints progress, stops a diverged run with a diagnosis, and reports the run."""
+@dataclass
+class StepTimer:
+    """Step times of the training loop; the steps after the first `warmup_steps` make the steady state."""
 
-    def __init__(self, args, precision, device):
-        self.args, self.precision_requested, self.device = args, precision, torch.device(device)
-        if self.device.type == "cuda" and "bf16" in precision and not torch.cuda.is_bf16_supported(including_emulation=False):
-            fail(f"{precision} needs native bfloat16, which {device_name(self.device)} lacks (it arrived with Ampere, "
-                 "compute capability 8.0); run 02_fabric_16mixed.py (16-mixed) on this GPU instead")
-        try:
-            from watermark import watermark
-            print_once(watermark(packages="torch,torchvision,lightning,torchmetrics", python=True).strip())
-        except ImportError:
-            print_once(" | ".join(f"{name}: {value}" for name, value in versions().items()))
-        print_once(f"Device: {device_name(self.device)} x {world_size()} process(es) | Model: {args.model} | "
-                   f"Precision asked for: {precision} | float32 matmul precision: {args.matmul_precision}")
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif Path("/proc/self/clear_refs").exists():
-            Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS to the current RSS
-            self.rss_before_model_kb = process_memory_kb("VmRSS")
-        self.epoch = self.steps = self.steady_steps = self.images_trained = 0
-        self.steady_time = self.data_wait = 0.0
-        self.model = self.batch = self.train_accuracy = self.start = None
-        self.weight_dtype = self.matmul_dtype = self.precision_in_effect = None  # set by the first forward pass
-        self.train_acc = self.val_acc = float("nan")
-        self.diverged_at = None
+    total_steps: int
+    warmup_steps: int
+    images_per_step: int  # over all processes
+    steps: int = 0
+    steady_steps: int = 0
+    steady_time: float = 0.0  # seconds
+    data_wait: float = 0.0  # seconds of steady_time spent waiting for the data loader
+    warmup_time: float = 0.0
+    since_print: tuple = (0, 0.0)  # (steps, seconds) since the last progress line
 
-    def watch(self, model):
-        """Keep the model for the dtype report and the divergence diagnosis; count its FLOPs."""
-        self.model = model
-        head = [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
-        self.head_hook = head.register_forward_hook(self._record_matmul_dtype)
-        with torch.device("meta"):
-            meta_model = vit_architecture(self.args.model, head.out_features)
-            size = meta_model.image_size
-            self.flops_per_image = measure_flops(meta_model, lambda: meta_model(torch.randn(1, 3, size, size)),
-                                                 lambda logits: logits.sum())
-
-    def _record_matmul_dtype(self, module, inputs, output):
-        self.head_hook.remove()
-        self.weight_dtype, self.matmul_dtype = module.weight.dtype, output.dtype
-        self.precision_in_effect = in_effect = precision_in_effect(self.weight_dtype, self.matmul_dtype)
-        why = ""
-        if in_effect != self.precision_requested:
-            why = (" (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)"
-                   if self.precision_requested == "16-mixed" and self.device.type == "cpu" else " (differs from the request)")
-        print_once(f"Precision in effect: {in_effect}{why} | weights {str(self.weight_dtype)[6:]}, "
-                   f"matmul outputs {str(output.dtype)[6:]}")
-
-    def _synchronize(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
-
-    def batches(self, loader):
-        """Yield the training batches of one epoch, timing each step and printing progress."""
-        self.epoch += 1
-        self.start = self.start or time.perf_counter()
-        total_steps = self.args.max_steps or self.args.epochs * len(loader)
-        steps_this_epoch = min(len(loader), total_steps - self.steps)
-        last_print, images_since_print = time.perf_counter(), 0
-        iterator = iter(loader)
-        for batch_index in range(1, steps_this_epoch + 1):
-            step_start = time.perf_counter()
-            self.batch = next(iterator)
-            waited = time.perf_counter() - step_start
-            yield self.batch
-            self._synchronize()
-            now = time.perf_counter()
-            self.steps += 1
-            self.images_trained += len(self.batch[1])
-            images_since_print += len(self.batch[1]) * world_size()
-            if self.steps > self.args.warmup_steps or total_steps <= self.args.warmup_steps:
-                self.steady_steps += 1
-                self.steady_time += now - step_start
-                self.data_wait += waited
-            if self.steps == 1 or now - last_print >= PROGRESS_EVERY_S or batch_index == steps_this_epoch:
-                seconds_left = (total_steps - self.steps) * (now - self.start) / self.steps
-                print_once(f"Epoch: {self.epoch:03d}/{self.args.epochs:03d} | Batch {batch_index:04d}/{steps_this_epoch:04d}"
-                           f" | Loss: {self.loss.item():.4f} | {images_since_print / (now - last_print):.1f} img/s"
-                           f" | {seconds_left // 60:02.0f}:{seconds_left % 60:02.0f} left")
-                last_print, images_since_print = now, 0
-
-    def step(self, loss, logits, targets):
-        """Count training accuracy and stop at once, with a diagnosis, if the loss is not finite."""
-        if self.train_accuracy is None:
-            self.train_accuracy = MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False).to(logits.device)
-        self.train_accuracy.update(logits.detach().argmax(dim=1), targets)
-        self.loss = loss.detach()
-        if not all_finite(self.loss):
-            self._stop_diverged()
-
-    def end_epoch(self, val_acc):
-        """Print and keep the epoch's accuracies; start the next epoch's training accuracy afresh."""
-        self.val_acc, self.train_acc = val_acc, self.train_accuracy.compute().item()
-        self.train_accuracy.reset()
-        self.end = time.perf_counter()
-        print_once(f"Epoch: {self.epoch:03d}/{self.args.epochs:03d} | Train acc.: {self.train_acc:.2%} | "
-                   f"Val acc.: {val_acc:.2%}")
-
-    def _stop_diverged(self):
-        where = first_nonfinite(self.model, self.batch[0], self.steps + 1)
-        self.diverged_at = where
-        self.end = time.perf_counter()
-        self.report(float("nan"))
-        if is_main_process():
-            print(f"error: training diverged: {where}; use bf16-true (04_fabric_bf16true.py) or 16-mixed "
-                  "(02_fabric_16mixed.py), or with float16 weights an Adam eps that float16 can hold "
-                  "(03b_fabric_16true_adam_eps.py)", file=sys.stderr)
-        sys.exit(DIVERGED_EXIT_CODE)
-
-    def peak_memory(self):
-        """(peak GB that the record keeps, what was measured); the most of any process when there are several."""
-        if self.device.type == "cuda":
-            numbers = [torch.cuda.max_memory_allocated(self.device) / 1e9, torch.cuda.max_memory_reserved(self.device) / 1e9]
-            description = "{:.2f} GB allocated (max_memory_allocated), {:.2f} GB reserved"
-        elif hasattr(self, "rss_before_model_kb"):
-            peak_kb = process_memory_kb("VmHWM")
-            numbers = [(peak_kb - self.rss_before_model_kb) * 1024 / 1e9, peak_kb * 1024 / 1e9]
-            description = "{:.2f} GB peak RSS growth over the RSS before the model was built (absolute peak RSS {:.2f} GB)"
+    def add(self, step_time, data_wait):
+        self.steps, self.since_print = self.steps + 1, (self.since_print[0] + 1, self.since_print[1] + step_time)
+        if self.steps > self.warmup_steps or self.total_steps <= self.warmup_steps:
+            self.steady_steps, self.steady_time = self.steady_steps + 1, self.steady_time + step_time
+            self.data_wait += data_wait
         else:
-            numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9]  # bytes on macOS
-            description = "{:.2f} GB absolute peak RSS of the process"
-        if world_size() > 1:
-            numbers = reduce_over_processes(numbers, self.device, dist.ReduceOp.MAX)
-            description += f", per process: the most of any of the {world_size()} processes"
-        return numbers[0], description.format(*numbers)
+            self.warmup_time += step_time
 
-    def report(self, test_acc):
-        """Print the run's time, speed, memory and accuracy; append its record to --results."""
-        if self.diverged_at is None and not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            self.diverged_at = "the weights were non-finite at the end of training"
-        peak_gb, memory_line = self.peak_memory()
-        train_time = self.end - self.start
-        images_trained = int(reduce_over_processes([self.images_trained], self.device, dist.ReduceOp.SUM)[0])
-        measured = self.steady_time > 0  # a run that diverged during warm-up has no steady state
-        images_per_s = self.steady_steps * self.args.batch_size * world_size() / self.steady_time if measured else None
-        data_wait_share = self.data_wait / self.steady_time if measured else None
-        peak_flops = get_available_flops(self.device, self.matmul_dtype) if self.device.type == "cuda" else None
-        mfu = images_per_s / world_size() * self.flops_per_image / peak_flops if peak_flops and measured else None
-        print_once(f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s)" + (
-            f" | Steady state: {images_per_s:.1f} images/s over {self.steady_steps} steps, {data_wait_share:.1%} of "
-            f"their time waiting for data" if measured else "") + (f" | MFU: {mfu:.1%}" if mfu is not None else ""))
-        print_once(f"Peak memory: {memory_line}")
-        if self.diverged_at is None:
-            print_once(f"Train acc.: {self.train_acc:.2%} | Val acc.: {self.val_acc:.2%} | Test acc.: {test_acc:.2%}")
-        record = {
-            "script": Path(sys.argv[0]).name, "precision": self.precision_in_effect,
-            "precision_requested": self.precision_requested, "device": self.device.type,
-            "device_name": device_name(self.device), "world_size": world_size(), "model": self.args.model,
-            "data": "synthetic" if self.args.synthetic else str(self.args.data_dir or ("generated" if self.args.quick else "cifar10")),
-            "epochs": self.args.epochs, "batch_size": self.args.batch_size, "steps": self.steps,
-            "train_images": images_trained,
-            "matmul_precision": self.args.matmul_precision, "train_time_s": train_time, "images_per_s": images_per_s,
-            "data_wait_share": data_wait_share, "flops_per_image": self.flops_per_image, "mfu": mfu,
-            "peak_memory_gb": peak_gb, "memory_measure": memory_line, "weight_dtype": str(self.weight_dtype)[6:],
-            "matmul_output_dtype": str(self.matmul_dtype)[6:], "train_acc": self.train_acc, "val_acc": self.val_acc,
-            "test_acc": test_acc, "diverged": self.diverged_at is not None, "diverged_at": self.diverged_at,
-            "versions": versions(),
-        }
-        if self.args.results and is_main_process():
-            write_record(self.args.results, {key: None if isinstance(value, float) and math.isnan(value) else value
-                                              for key, value in record.items()})
-            print_once(f"Results appended to {self.args.results}")
-        return record
+    def progress(self):
+        """'<speed since the last progress line> | MM:SS left'; the estimate leaves warm-up out once it can."""
+        (steps, seconds), self.since_print = self.since_print, (0, 0.0)
+        mean_step = self.steady_time / self.steady_steps if self.steady_steps else self.warmup_time / self.steps
+        left = round((self.total_steps - self.steps) * mean_step)
+        clock = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}" if left >= 3600 else f"{left // 60:02d}:{left % 60:02d}"
+        return f"{speed(steps * self.images_per_step / seconds, seconds / steps)} | {clock} left"
+
+
+def reset_peak_memory(device):
+    """Start the peak-memory measurement here; returns the RSS in bytes that a CPU's peak is measured from."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif CLEAR_REFS.exists():
+        CLEAR_REFS.write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
+        return process_memory_bytes("VmRSS")
+
+
+def process_memory_bytes(field):
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc, in bytes."""
+    return 1024 * int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)[1])
+
+
+def peak_memory(device, baseline):
+    """(peak GB that the record keeps, what was measured); the most of any process when there are several."""
+    if device.type == "cuda":
+        numbers = [torch.cuda.max_memory_allocated(device) / 1e9, torch.cuda.max_memory_reserved(device) / 1e9]
+        description = "{:.2f} GB allocated (max_memory_allocated), {:.2f} GB reserved"
+    elif baseline is not None:
+        numbers = [(process_memory_bytes("VmHWM") - baseline) / 1e9, process_memory_bytes("VmHWM") / 1e9]
+        description = "{:.2f} GB peak RSS growth over the RSS before the model was built (absolute peak RSS {:.2f} GB)"
+    else:  # no resettable peak: ru_maxrss is the whole process's peak, in KiB on Linux and bytes on macOS
+        numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9]
+        description = "{:.2f} GB absolute peak RSS of the process (this system cannot reset the peak)"
+    if world_size() > 1:
+        numbers = reduce_over_processes(numbers, device, dist.ReduceOp.MAX)
+        description += f", per process: the most of any of the {world_size()} processes"
+    return numbers[0], description.format(*numbers)
+
+
+def peak_flops(device, dtype, matmul_precision):
+    """The chip's dense peak FLOP/s for matmuls in `dtype`, or None where unknown (CPUs, unlisted GPUs)."""
+    name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" else ""
+    if ("h200" in name and "nvl" not in name) or ("h100" in name and "hbm3" in name):  # the SXM parts
+        return DENSE_PEAK_FLOPS["tfloat32" if dtype == torch.float32 and matmul_precision != "highest" else dtype]
+    return get_available_flops(device, dtype) if name else None
+
+
+def steady_state(args, timer, device, matmul_dtype, num_classes):
+    """Images/s, seconds per step, data-wait share and MFU after the warm-up steps (None without a steady state)."""
+    with torch.device("meta"):  # FLOPs of one training image, forward and backward, counted on a meta-device copy
+        meta = torchvision.models.get_model(args.model, num_classes=num_classes)
+        flops = measure_flops(meta, lambda: meta(torch.randn(1, 3, meta.image_size, meta.image_size)), lambda y: y.sum())
+    if timer.steady_time == 0:  # a run that diverged during warm-up
+        return {"images_per_s": None, "seconds_per_step": None, "data_wait_share": None, "mfu": None, "flops_per_image": flops}
+    # Lightning's Throughput over one window: from the end of the warm-up to the last step
+    throughput = Throughput(available_flops=peak_flops(device, matmul_dtype, args.matmul_precision),
+                            world_size=world_size(), window_size=2)
+    samples = timer.steady_steps * args.batch_size
+    throughput.update(time=0.0, batches=0, samples=0, flops=0)
+    throughput.update(time=timer.steady_time, batches=timer.steady_steps, samples=samples, flops=flops * samples)
+    metrics = throughput.compute()
+    return {"images_per_s": metrics.get("samples_per_sec", metrics["device/samples_per_sec"]), "flops_per_image": flops,
+            "seconds_per_step": timer.steady_time / timer.steady_steps, "mfu": metrics.get("device/mfu"),
+            "data_wait_share": timer.data_wait / timer.steady_time}
+
+
+def report(args, precision, device, *, timer, train_time, memory_baseline, dtypes, accuracies, diverged_at, model,
+           initial_weights=None):
+    """Print the run's time, speed, MFU, memory and accuracy; append its record to --results; return the record."""
+    accuracies = {key: math.nan if diverged_at else accuracies[key] for key in ("train_acc", "val_acc", "test_acc")}
+    steady = steady_state(args, timer, device, dtypes.get("matmul"), getattr(model, "module", model).heads.head.out_features)
+    line = f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s), including the per-epoch validation"
+    if steady["images_per_s"]:
+        mfu = f"MFU: {steady['mfu']:.1%}" if steady["mfu"] is not None else "MFU: none (" + (
+            "a CPU has no datasheet peak FLOP/s)" if device.type == "cpu" else "no peak FLOP/s known for this device)")
+        line += (f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} over {timer.steady_steps}"
+                 f" steps, {steady['data_wait_share']:.1%} of their time waiting for data | {mfu}")
+    peak_gb, memory_line = peak_memory(device, memory_baseline)
+    print_once(f"{line}\nPeak memory: {memory_line}")
+    if not diverged_at:
+        print_once(" | ".join(f"{key.split('_')[0].title()} acc.: {value:.2%}" for key, value in accuracies.items()))
+    changed = changed_shares(model, initial_weights) if initial_weights is not None else None
+    if changed:
+        print_once("Weights changed by training: " + ", ".join(f"{name} {share:.1%}" for name, share in changed.items()))
+    record = {
+        "script": Path(sys.argv[0]).name, "precision": dtypes.get("in_effect"), "precision_requested": precision,
+        "device": device.type, "device_name": device_name(device), "world_size": world_size(), "model": args.model,
+        "data": "synthetic" if args.synthetic else str(args.data_dir or ("generated" if args.quick else "cifar10")),
+        "val_split": args.val_split, "test_split": args.test_split, "epochs": args.epochs, "batch_size": args.batch_size,
+        "steps": timer.steps, "train_images": int(reduce_over_processes([timer.steps * args.batch_size], device, dist.ReduceOp.SUM)[0]),
+        "matmul_precision": args.matmul_precision, "train_time_s": train_time, **steady, "peak_memory_gb": peak_gb,
+        "memory_measure": memory_line, "weight_dtype": str(dtypes.get("weight"))[6:] or None,
+        "matmul_output_dtype": str(dtypes.get("matmul"))[6:] or None, **accuracies, "diverged": diverged_at is not None,
+        "diverged_at": diverged_at, "changed_share": changed, "versions": versions(),
+    }
+    if args.results and rank() == 0:
+        append_record(args.results, {key: None if value != value else value for key, value in record.items()})  # NaN: null
+        print_once(f"Results appended to {args.results}")
+    return record
+
+
+def append_record(path, record):
+    """Append one JSON line to `path` under a file lock: concurrent runs keep every record, each line whole."""
+    with FileLock(f"{path}.lock"), open(path, "a") as file:  # "a" follows a symbolic link to its target
+        file.write(json.dumps(record) + "\n")
 
 
 def reduce_over_processes(numbers, device, op):
@@ -520,35 +558,37 @@ def reduce_over_processes(numbers, device, op):
     return tensor.tolist()
 
 
-def all_finite(loss):
-    """True while the loss is finite on every process; one scalar and one sync per step."""
-    finite = torch.isfinite(loss).to(torch.int32)
+def all_finite(*tensors):
+    """True while every tensor is finite on every process; one small reduction and one sync."""
+    finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all().to(torch.int32)
     if world_size() > 1:  # every process stops together when any of them diverges
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
 
 
+def divergence_advice(dtypes):
+    """What to do after a divergence, for the weights' dtype in effect."""
+    if dtypes.get("weight") == torch.float16:
+        return ("use bf16-true (04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with float16 weights "
+                "an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)")
+    return "lower --learning-rate (the weights are not float16, so float16's narrow range is not the cause)"
+
+
 def first_nonfinite(model, features, step):
     """Say where NaN/inf first appeared: weights or gradients of the last step, or this step's forward pass."""
     module = getattr(model, "module", model)  # Fabric's wrapper keeps the user's model as .module
-    num_tensors = len(list(module.parameters()))
-    bad_weights = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
-    if bad_weights:
-        bad_grads = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad_grads:
-            return (f"the gradients of step {step - 1} were non-finite first (parameter {bad_grads[0]}, "
-                    f"{len(bad_grads)} of {num_tensors} parameter tensors), and the optimizer step wrote them into the weights")
-        return (f"the weights turned non-finite in optimizer step {step - 1} although its gradients were finite "
-                f"(first parameter {bad_weights[0]}, {len(bad_weights)} of {num_tensors} parameter tensors), "
-                f"so the loss of step {step} is NaN")
+    bad = {"weights": [name for name, p in module.named_parameters() if not torch.isfinite(p).all()],
+           "gradients": [name for name, p in module.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]}
+    count = f"{len(list(module.parameters()))} parameter tensors"
+    if bad["weights"] and bad["gradients"]:
+        return (f"the gradients of step {step - 1} were non-finite first (parameter {bad['gradients'][0]}, "
+                f"{len(bad['gradients'])} of {count}), and the optimizer step wrote them into the weights")
+    if bad["weights"]:
+        return (f"the weights turned non-finite in optimizer step {step - 1} although its gradients were finite (first "
+                f"parameter {bad['weights'][0]}, {len(bad['weights'])} of {count}), so the loss of step {step} is NaN")
     bad_outputs = []  # hooks fire as each module finishes, so the first entry is the earliest culprit
-
-    def note_nonfinite(name, output):
-        if isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
-            bad_outputs.append(name)
-
-    hooks = [sub.register_forward_hook(lambda sub, inputs, output, name=name: note_nonfinite(name, output))
-             for name, sub in module.named_modules() if name]
+    hooks = [sub.register_forward_hook(lambda sub, inputs, output, name=name: bad_outputs.append(name) if isinstance(
+             output, torch.Tensor) and not torch.isfinite(output).all() else None) for name, sub in module.named_modules() if name]
     with torch.no_grad():
         model(features)
     for hook in hooks:
