@@ -84,6 +84,7 @@ def parse_args(argv=None):
             ("num_workers", 0, "zero or more"), ("warmup_steps", 0, "zero or more")]:
         if getattr(args, name) is not None and getattr(args, name) < lowest:
             parser.error(f"--{name.replace('_', '-')}: must be {words}, got {getattr(args, name)}")
+    existing = args.results and next(path for path in (args.results, *args.results.parents) if path.exists())  # or above
     no_accelerator = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
     for refused, message in [
         (args.learning_rate is not None and not 0 < args.learning_rate < math.inf,
@@ -99,13 +100,13 @@ def parse_args(argv=None):
         (args.strategy == "fsdp" and (args.accelerator == "cpu" or not torch.cuda.is_available()),
          "--strategy fsdp needs CUDA GPUs (Fabric runs FSDP on GPUs only); use --strategy ddp here"),
         (args.results and args.results.is_dir(), f"--results {args.results} is a folder; name a file in it"),
-        (args.results and not os.access(next(path for path in (args.results, *args.results.parents) if path.exists()),
-                                        os.W_OK), f"--results {args.results} cannot be written (no permission)")]:
+        (existing and (existing != args.results and not existing.is_dir() or not os.access(existing, os.W_OK)), "--results "
+         f"{args.results} cannot be written: {existing} is not a writable {'file' if existing == args.results else 'folder'}")]:
         if refused:
             parser.error(message)
     if args.results and not args.results.parent.is_dir():
         print(f"Creating the folder {args.results.parent} for --results")
-        args.results.parent.mkdir(parents=True)
+        args.results.parent.mkdir(parents=True, exist_ok=True)  # exist_ok: another process of the run may be first
     args.model = TINY_VIT if args.quick else args.model or "vit_l_16"
     args.weights = None if args.quick or args.synthetic else "IMAGENET1K_V1"
     args.max_steps = args.max_steps or (20 if args.synthetic else None)
@@ -140,8 +141,8 @@ def load_rgb(path):
     """An image file as 8-bit RGB; 16-bit images (microscopes, scanners) are scaled to 8 bits, not clipped to white."""
     try:
         with Image.open(path) as image:
-            if image.mode.startswith("I"):  # 16-bit ("I;16") or 32-bit integer pixels, read as 0..65535
-                image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+            if image.mode.startswith("I"):  # 16-bit PNG ("I;16" in Pillow 13, "I" before): 0..65535 down to 0..255
+                return Image.fromarray(np.rint(np.asarray(image) / 257).clip(0, 255).astype(np.uint8)).convert("RGB")
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:
         raise OSError(f"cannot read the image {path} ({error}); delete it or copy it again") from None
@@ -153,41 +154,41 @@ sys.excepthook = lambda kind, error, trace: print("error: " + re.findall(r"canno
 
 
 class VisibleImageFolder(ImageFolder):
-    """ImageFolder that skips hidden entries: '.name' folders and files, macOS '._name.png' metadata files."""
+    """ImageFolder that skips hidden entries ('.name' folders and files, macOS '._name.png') and allows empty ones."""
 
     def find_classes(self, directory):
         classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and entry.name[0] != ".")
         return classes, {name: index for index, name in enumerate(classes)}
 
-
-def visible_image(path):
-    return path.lower().endswith(IMG_EXTENSIONS) and "/." not in path.replace(os.sep, "/")
+    def make_dataset(self, directory, class_to_idx, **_):  # hidden: a '.name' part below the split, not above it
+        visible = lambda path: path.lower().endswith(IMG_EXTENSIONS) and os.sep + "." not in path[len(str(directory)):]
+        return super().make_dataset(directory, class_to_idx, None, visible, allow_empty=True) if class_to_idx else []
 
 
 def check_images(dataset):
-    """Open the header of every image once (and check that PNG/JPEG files end whole): name a bad file before training."""
+    """Open every image's header and find its end marker (PNG, JPEG): name an unreadable file before training."""
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # in this process and its loader workers
     for path, _ in dataset.samples:
-        with warnings.catch_warnings(), open(path, "rb") as file:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                Image.open(file).close()
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-                fail(f"the image {path} is over Pillow's decompression-bomb limit ({error}); downscale it")
-            except (OSError, ValueError, SyntaxError) as error:
-                fail(f"cannot read the image {path} ({error}); delete it or copy it again")
-            ending = IMAGE_ENDINGS.get(Path(path).suffix.lower(), b"")
-            if file.seek(0, 2) < len(ending) or file.seek(-len(ending), 2) and not file.read().endswith(ending):
-                fail(f"the image {path} is truncated (it lacks its format's end marker); delete it or copy it again")
+        try:
+            with open(path, "rb") as file:  # Image.open reads the header and stops where the pixel data starts
+                ending = IMAGE_ENDINGS.get(f".{Image.open(file).format}".lower(), b"")  # by content, not by name
+                if ending not in file.read():  # the rest: a JPEG's thumbnail, with its own end marker, came before
+                    raise OSError("truncated: it lacks the end marker of its format")
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            fail(f"the image {path} is over Pillow's decompression-bomb limit ({error}); downscale it")
+        except (OSError, ValueError, SyntaxError) as error:
+            fail(f"cannot read the image {path} ({error}); delete it or copy it again")
 
 
 def image_folder_splits(data_dir, transform):
     """(train, val, test, class names, where val and test come from) for train/ beside test/ and/or val/."""
-    found = {name: VisibleImageFolder(data_dir / name, transform, loader=load_rgb, is_valid_file=visible_image,
-                                      allow_empty=True) for name in ("train", "val", "test") if (data_dir / name).is_dir()}
+    found = {name: VisibleImageFolder(data_dir / name, transform, loader=load_rgb)
+             for name in ("train", "val", "test") if (data_dir / name).is_dir()}
     if "train" not in found or len(found) < 2:
-        fail(f"--data-dir {data_dir} needs train/<class>/<images> and test/<class>/ or val/<class>/ beside it; it has "
-             f"{', '.join(f'{name}/' for name in found) or 'neither'}")
+        fail(f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; it has {list(found) or 'neither'}")
     classes = found["train"].classes
+    if len(classes) < 2:  # before the other checks: images put straight into train/ get this sentence too
+        fail(f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs at least two: train/<class>/<images>")
     for name, split in found.items():
         counts = np.bincount(split.targets, minlength=len(split.classes)).tolist()
         if split.classes != classes:
@@ -195,11 +196,9 @@ def image_folder_splits(data_dir, transform):
                  "every split the same class folders")
         if 0 in counts:
             fail(f"--data-dir class folder {data_dir / name / classes[counts.index(0)]} holds no images "
-                 f"({', '.join(IMG_EXTENSIONS)}); add images to it or delete it")
+                 f"({', '.join(IMG_EXTENSIONS)}); add images to it, or delete that class from every split")
         print_once(f"{name}/: {len(split)} images in {len(classes)} classes {dict(zip(classes, counts))}")
         check_images(split)
-    if len(classes) < 2:
-        fail(f"--data-dir {data_dir} has one class folder ({classes[0]}); a classifier needs at least two classes")
     if "val" in found and "test" in found:
         return found["train"], found["val"], found["test"], classes, "val/", "test/"
     order = torch.randperm(len(found["train"]), generator=torch.Generator().manual_seed(0)).tolist()
@@ -212,13 +211,11 @@ def image_folder_splits(data_dir, transform):
 def cifar10_splits(data_dir, transform):
     """CIFAR-10 as 45,000 train, 5,000 validation (the last training images) and 10,000 test images."""
     try:
-        train_full = CIFAR10(data_dir, train=True, transform=transform, download=True)
-        test = CIFAR10(data_dir, train=False, transform=transform, download=True)
-    except (URLError, OSError) as error:
+        train_full, test = (CIFAR10(data_dir, train, transform, download=True) for train in (True, False))
+    except (URLError, OSError, RuntimeError) as error:  # RuntimeError: the files fail their checksum after a download
         fail(f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); connect to the "
              "internet, or train offline with --quick or on your own images with --data-dir PATH")
-    num_train = len(train_full) - 5000
-    return Subset(train_full, range(num_train)), Subset(train_full, range(num_train, len(train_full))), test
+    return Subset(train_full, range(45_000)), Subset(train_full, range(45_000, 50_000)), test
 
 
 def world_size():
@@ -265,9 +262,10 @@ def get_dataloaders(args):
         train, val = Subset(train_full, range(num_train)), Subset(train_full, range(num_train, num_train + num_val))
     else:
         train, val, test = cifar10_splits(Path("data"), transform)
-    if len(train) < args.batch_size * world_size():
-        fail(f"the training split has {len(train)} images, fewer than one batch of {args.batch_size} x "
-             f"{world_size()} device(s); use --batch-size {max(1, len(train) // world_size())} or less, or add images")
+    if len(train) < args.batch_size * world_size():  # drop_last would leave not one training step
+        fail(f"the training split{f' of {args.data_dir}/train/ (validation: {args.val_split})' if args.data_dir else ''} "
+             f"has {len(train)} images, fewer than one batch of {args.batch_size} x {world_size()} device(s); add images"
+             + (f", or use --batch-size {len(train) // world_size()} or less" if len(train) >= world_size() else ""))
     settings = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
                     persistent_workers=args.num_workers > 0)
     train_sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=SEED)
@@ -298,11 +296,11 @@ def pretrained_weights(args):
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(weights.url, str(path))
         weights and torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads the index only
-    except (URLError, OSError) as error:
+    except (URLError, OSError) as error:  # no network (torch.load's own errors are not OSErrors)
         fail(f"could not download the {args.model} ImageNet weights ({getattr(error, 'reason', error)}); connect to the "
              f"internet once (they are cached in {path.parent}), or train the small model from scratch with --quick"
-             + ("" if args.data_dir else ", or measure speed and memory with --synthetic"))
-    except RuntimeError as error:
+             + ("" if args.data_dir else ", or measure speed and memory with --synthetic"))  # that one refuses --data-dir
+    except Exception as error:  # RuntimeError from a file cut short, UnpicklingError from one overwritten
         fail(f"the cached weights file {path} is damaged ({str(error).splitlines()[0]}), perhaps by an interrupted "
              "download; delete it and run again with internet access")
     return weights
@@ -454,7 +452,7 @@ def reset_peak_memory(device):
     """Start the peak-memory measurement here; returns the RSS in bytes that a CPU's peak is measured from."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif CLEAR_REFS.exists():
+    elif os.access(CLEAR_REFS, os.W_OK):  # absent or read-only in some containers, absent on macOS
         CLEAR_REFS.write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
         return process_memory_bytes("VmRSS")
 
@@ -544,8 +542,9 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
 
 
 def append_record(path, record):
-    """Append one JSON line to `path` under a file lock: concurrent runs keep every record, each line whole."""
-    with FileLock(f"{path}.lock"), open(path, "a") as file:  # "a" follows a symbolic link to its target
+    """Append one JSON line to `path` under a lock on the file itself: concurrent runs keep every record, each whole."""
+    with open(path, "a") as file:  # "a" follows a symbolic link and keeps the file and its mode; no lock file beside it
+        os.lockf(file.fileno(), os.F_LOCK, 0)  # waits for another run's append; released when the file closes
         file.write(json.dumps(record) + "\n")
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torchvision
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from local_utilities import vit_architecture  # noqa: E402
+import local_utilities  # noqa: E402, F401  (registers the --quick model, vit_tiny_32, with torchvision)
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
            "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_efficient_attention_forward",
@@ -31,7 +32,7 @@ args = parser.parse_args()
 torch.set_float32_matmul_precision(args.matmul_precision)
 fabric = L.Fabric(devices=1, precision=args.precision)
 with fabric.init_module():
-    model = vit_architecture(args.model, num_classes=10)
+    model = torchvision.models.get_model(args.model, num_classes=10)
 optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
 model, optimizer = fabric.setup(model, optimizer)
 features = torch.randn(args.batch_size, 3, 224, 224, device=fabric.device)
