@@ -8,6 +8,9 @@ set -uo pipefail
 export OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# The GPU machine's stack lacks torch-optimi (04b's Kahan-summation Adam) and nothing can be installed there: carry
+# its pure-Python wheel (pip download --no-deps -d .whl torch-optimi) and import it from the zip on PYTHONPATH.
+export PYTHONPATH="$(ls -d "$PWD"/.whl/*.whl 2>/dev/null | paste -sd: -)${PYTHONPATH:+:$PYTHONPATH}"
 steps=${STEPS:-30}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
