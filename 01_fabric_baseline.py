@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import torchvision
 from torchmetrics.classification import MulticlassAccuracy
 
-from local_utilities import (DIVERGED_EXIT_CODE, StepTimer, all_finite, compute_accuracy, copy_weights,
-                             divergence_advice, first_nonfinite, get_dataloaders, parse_args, pretrained_weights,
-                             print_setup, report, reset_peak_memory, synchronize, watch_dtypes)
+from local_utilities import (DIVERGED_EXIT_CODE, StepTimer, all_finite, compute_accuracy, divergence_advice,
+                             first_nonfinite, get_dataloaders, parse_args, pretrained_weights, print_setup, report,
+                             reset_peak_memory, synchronize, watch_dtypes)
 
 PRECISION = "32-true"  # float32 weights, activations, gradients and optimizer state
 
@@ -19,12 +19,14 @@ PRECISION = "32-true"  # float32 weights, activations, gradients and optimizer s
 def train(args, model, optimizer, scheduler, train_loader, val_loader, num_classes, fabric):
     """Finetune; return the step timer, the last epoch's accuracies and, if the run diverged, where NaN appeared."""
     steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))
+    if args.max_steps and steps < args.max_steps:
+        fabric.print(f"Training {steps} of the {args.max_steps} steps asked for: --max-steps trains one epoch, and it has {steps} batches")
     timer = StepTimer(steps, args.warmup_steps, args.batch_size * fabric.world_size)  # times each step after warm-up
     train_accuracy = MulticlassAccuracy(num_classes, average="micro").to(fabric.device)
     for epoch in range(args.epochs):
         model.train()
         steps_this_epoch = min(len(train_loader), timer.total_steps - timer.steps)
-        step_end = time.perf_counter()
+        step_end = last_print = time.perf_counter()
         for batch, (features, targets) in enumerate(train_loader, 1):
             data_ready = time.perf_counter()  # the time since the last step ended went into waiting for this batch
             logits = model(features)
@@ -40,9 +42,10 @@ def train(args, model, optimizer, scheduler, train_loader, val_loader, num_class
             synchronize(fabric.device)  # wait for the accelerator's queued work: the step time is its real time
             timer.add(step_time=time.perf_counter() - step_end, data_wait=data_ready - step_end)
             step_end = time.perf_counter()
-            if batch in (1, steps_this_epoch) or timer.since_print[1] >= 30:
+            if batch in (1, steps_this_epoch) or step_end - last_print >= 30:  # a progress line every 30 seconds
                 progress = f"Batch {batch:04d}/{steps_this_epoch:04d} | Loss: {loss.item():.4f} | {timer.progress()}"
                 fabric.print(f"Epoch: {epoch + 1:03d}/{args.epochs:03d} | {progress}")
+                last_print = step_end
             if batch == steps_this_epoch:
                 break
 
@@ -84,7 +87,8 @@ if __name__ == "__main__":
     model, optimizer = fabric.setup(model, optimizer)
     train_loader, val_loader, test_loader = fabric.setup_dataloaders(train_loader, val_loader, test_loader)
     dtypes = watch_dtypes(model, PRECISION, fabric.device)  # filled, and printed, by the first forward pass
-    initial_weights = copy_weights(model) if args.track_updates else None
+    # --track-updates: a copy of the initial weights in CPU memory, to count the weights that training changes
+    initial = {name: w.detach().cpu().clone() for name, w in model.named_parameters()} if args.track_updates else None
 
     # 4 Finetune; the training time includes the per-epoch validation, as in the reference
     start = time.perf_counter()
@@ -95,7 +99,7 @@ if __name__ == "__main__":
     # 5 Evaluate on the test set; report time, memory and accuracy, and append the run's record to --results
     accuracies["test_acc"] = compute_accuracy(model, test_loader) if diverged_at is None else float("nan")
     report(args, PRECISION, fabric.device, timer=timer, train_time=train_time, memory_baseline=memory_baseline,
-           dtypes=dtypes, accuracies=accuracies, diverged_at=diverged_at, model=model, initial_weights=initial_weights)
+           dtypes=dtypes, accuracies=accuracies, diverged_at=diverged_at, model=model, initial_weights=initial)
     if diverged_at is not None:
         fabric.print(f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import torchvision
 from torchmetrics.classification import MulticlassAccuracy
 
-from local_utilities import (DIVERGED_EXIT_CODE, StepTimer, all_finite, compute_accuracy, copy_weights,
-                             divergence_advice, first_nonfinite, get_dataloaders, parse_args, pretrained_weights,
-                             print_setup, report, reset_peak_memory, synchronize, watch_dtypes)
+from local_utilities import (DIVERGED_EXIT_CODE, StepTimer, all_finite, compute_accuracy, divergence_advice,
+                             first_nonfinite, get_dataloaders, parse_args, pretrained_weights, print_setup, report,
+                             reset_peak_memory, synchronize, watch_dtypes)
 
 PRECISION = "bf16-true"  # everything in bfloat16: weights, activations, gradients, optimizer state
 
@@ -84,7 +84,8 @@ if __name__ == "__main__":
     model, optimizer = fabric.setup(model, optimizer)
     train_loader, val_loader, test_loader = fabric.setup_dataloaders(train_loader, val_loader, test_loader)
     dtypes = watch_dtypes(model, PRECISION, fabric.device)  # filled, and printed, by the first forward pass
-    initial_weights = copy_weights(model) if args.track_updates else None
+    # --track-updates: a copy of the initial weights in CPU memory, to count the weights that training changes
+    initial = {name: w.detach().cpu().clone() for name, w in model.named_parameters()} if args.track_updates else None
 
     # 4 Finetune; the training time includes the per-epoch validation, as in the reference
     start = time.perf_counter()
@@ -95,7 +96,7 @@ if __name__ == "__main__":
     # 5 Evaluate on the test set; report time, memory and accuracy, and append the run's record to --results
     accuracies["test_acc"] = compute_accuracy(model, test_loader) if diverged_at is None else float("nan")
     report(args, PRECISION, fabric.device, timer=timer, train_time=train_time, memory_baseline=memory_baseline,
-           dtypes=dtypes, accuracies=accuracies, diverged_at=diverged_at, model=model, initial_weights=initial_weights)
+           dtypes=dtypes, accuracies=accuracies, diverged_at=diverged_at, model=model, initial_weights=initial)
     if diverged_at is not None:
         fabric.print(f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)

@@ -1,7 +1,4 @@
-"""Plumbing shared by the numbered scripts: flags, data, accuracy, memory, the divergence diagnosis and the run record.
-
-The model, the optimizer, Fabric and the training loop live in each script; nothing here changes what is trained.
-"""
+"""Plumbing for the numbered scripts (flags, data, accuracy, memory, NaN diagnosis, run record); it trains nothing."""
 
 import argparse
 import json
@@ -21,8 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torchvision
-from filelock import FileLock
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
@@ -35,43 +32,36 @@ VIT_BUILDERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
 TINY_VIT = "vit_tiny_32"  # the small model of --quick: 32x32 input, random initial weights
 SEED = 123
 DIVERGED_EXIT_CODE = 3  # a run that stopped because the loss or the weights turned NaN/inf
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-QUICK_SPLIT_SIZES = (2250, 250, 500)  # train, val, test: CIFAR-10's 45k/5k/10k divided by 20
+CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""  # the CPU's name and flags
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux; absent in some containers)
 # Dense (no 2:4 sparsity) peak FLOP/s of H100 SXM and H200 SXM, from NVIDIA's datasheets. Lightning 2.6's
 # get_available_flops misses the H200 (it matches only names with "sxm1"/"nvl1") and lists its sparse figures.
 DENSE_PEAK_FLOPS = {torch.bfloat16: 989e12, torch.float16: 989e12, "tfloat32": 494e12, torch.float32: 67e12}
-IMAGE_ENDINGS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}  # a truncated file lacks these
+IMAGE_ENDINGS = {".png": b"IEND\xaeB`\x82", ".jpeg": b"\xff\xd9"}  # a truncated file lacks its end marker
 
 
-def fail(message):
-    """Stop the run with one sentence on stderr and exit status 1."""
+def fail(message):  # stop the run with one sentence on stderr and exit status 1
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
 
 
 def parse_args(argv=None):
     """The flags every numbered script accepts; defaults reproduce the reference experiment."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, description="Finetune a vision transformer on CIFAR-10 (or "
-                                     "your own images); report training time, peak memory and accuracy.")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Finetune a ViT; report time, memory and accuracy.")
     add = parser.add_argument
-    add("--quick", action="store_true", help=f"offline, about a minute on a laptop CPU: the small {TINY_VIT} on "
-        "generated images (or on --data-dir at 32x32)")
-    add("--synthetic", action="store_true", help="speed-and-memory mode: full-size generated images, random initial "
-        "weights, no download; one epoch of --max-steps steps (default 20)")
-    add("--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/*, PATH/test/<class>/* and/or "
-        "PATH/val/<class>/*; default: CIFAR-10, downloaded to ./data")
+    add("--quick", action="store_true", help=f"offline, a minute on a laptop CPU: {TINY_VIT} on generated images")
+    add("--synthetic", action="store_true", help="speed and memory only: full-size generated images, random weights")
+    add("--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/*, PATH/test/ and/or PATH/val/")
     add("--model", choices=VIT_BUILDERS, help="torchvision ViT, with ImageNet weights unless --synthetic (default vit_l_16)")
     add("--epochs", type=int, help="passes over the training set (default 3)")
-    add("--max-steps", type=int, metavar="N", help="train one epoch of at most N steps, then evaluate and report")
+    add("--max-steps", type=int, metavar="N", help="train one epoch of at most N steps (default 20 with --synthetic)")
     add("--batch-size", type=int, default=32, help="images per device and step (default 32)")
     add("--learning-rate", type=float, help="Adam's learning rate (default 5e-5, or 1e-3 with --quick)")
-    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium", help="torch.set_float32_matmul_"
-        "precision (default medium, as in the reference): TF32 on Ampere+ GPUs, bfloat16 on AMX CPUs; highest: float32")
+    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium", help="torch.set_float32_matmul"
+        "_precision (default medium: TF32 on Ampere+ GPUs, bfloat16 on AMX CPUs; highest: true float32)")
     add("--num-workers", type=int, help="data loader processes (default 0 for generated data, else up to 8)")
     add("--warmup-steps", type=int, default=5, metavar="N", help="steps left out of the steady state (default 5)")
-    add("--track-updates", action="store_true", help="report the share of weights that training changed (keeps a "
-        "copy of the initial weights in CPU memory)")
+    add("--track-updates", action="store_true", help="report the share of weights that training changed")
     add("--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE")
     add("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train (default auto)")
     add("--devices", type=int, default=1, help="devices per machine (default 1)")
@@ -79,12 +69,12 @@ def parse_args(argv=None):
     add("--num-nodes", type=int, default=1, help="machines (default 1)")
     args = parser.parse_args(argv)
 
-    for name, lowest, words in [(name, 1, "a positive whole number") for name in (
-            "epochs", "max_steps", "batch_size", "devices", "num_nodes")] + [
-            ("num_workers", 0, "zero or more"), ("warmup_steps", 0, "zero or more")]:
+    counts = dict(epochs=1, max_steps=1, batch_size=1, devices=1, num_nodes=1, num_workers=0, warmup_steps=0)  # lowest
+    for name, lowest in counts.items():
         if getattr(args, name) is not None and getattr(args, name) < lowest:
-            parser.error(f"--{name.replace('_', '-')}: must be {words}, got {getattr(args, name)}")
-    existing = args.results and next(path for path in (args.results, *args.results.parents) if path.exists())  # or above
+            must = "zero or more" if lowest == 0 else "a positive whole number"
+            parser.error(f"--{name.replace('_', '-')}: must be {must}, got {getattr(args, name)}")
+    existing = args.results and next(path for path in (args.results, *args.results.parents) if path.exists())
     no_accelerator = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
     for refused, message in [
         (args.learning_rate is not None and not 0 < args.learning_rate < math.inf,
@@ -93,15 +83,12 @@ def parse_args(argv=None):
         (args.quick and args.model, f"--quick trains its own small model ({TINY_VIT}); drop --model, or drop --quick"),
         (args.synthetic and args.data_dir, "--synthetic generates its own images; drop --data-dir"),
         (args.max_steps and args.epochs, "--max-steps trains one epoch of at most that many steps; drop --epochs"),
-        (args.data_dir and not args.data_dir.is_dir(), f"--data-dir {args.data_dir} is not a folder; it needs "
-         "train/<class>/ and test/<class>/"),
-        (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has "
-         "none; use --accelerator cpu or auto"),
-        (args.strategy == "fsdp" and (args.accelerator == "cpu" or not torch.cuda.is_available()),
-         "--strategy fsdp needs CUDA GPUs (Fabric runs FSDP on GPUs only); use --strategy ddp here"),
+        (args.data_dir and not args.data_dir.is_dir(), f"--data-dir {args.data_dir} is not a folder"),
+        (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has none"),
+        (args.strategy == "fsdp" and (args.accelerator == "cpu" or no_accelerator["cuda"]), "--strategy fsdp needs GPUs"),
         (args.results and args.results.is_dir(), f"--results {args.results} is a folder; name a file in it"),
-        (existing and (existing != args.results and not existing.is_dir() or not os.access(existing, os.W_OK)), "--results "
-         f"{args.results} cannot be written: {existing} is not a writable {'file' if existing == args.results else 'folder'}")]:
+        (existing and (existing != args.results and not existing.is_dir() or not os.access(existing, os.W_OK)),
+         f"--results {args.results} cannot be written: {existing} is not a writable {'file' if existing == args.results else 'folder'}")]:
         if refused:
             parser.error(message)
     if args.results and not args.results.parent.is_dir():
@@ -112,29 +99,21 @@ def parse_args(argv=None):
     args.max_steps = args.max_steps or (20 if args.synthetic else None)
     args.epochs = 1 if args.max_steps else args.epochs or 3
     args.learning_rate = args.learning_rate or (1e-3 if args.quick else 5e-5)
-    if args.num_workers is None:
-        args.num_workers = 0 if (args.quick or args.synthetic) and not args.data_dir else min(8, os.cpu_count())
+    generated = (args.quick or args.synthetic) and not args.data_dir
+    args.num_workers = args.num_workers if args.num_workers is not None else 0 if generated else min(8, os.cpu_count())
     return args
 
 
 # ---------------------------------------------------------------- data
 
 
-def generated_dataset(num_images, num_classes=10, image_size=32, seed=0):
-    """A learnable in-memory image set: each class is a smooth colour pattern under heavy noise."""
+def generated_dataset(num_images, num_classes=10, image_size=32, seed=0):  # each class a colour pattern under noise
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(1234))
     prototypes = torch.nn.functional.interpolate(prototypes, size=image_size, mode="bilinear")
     labels = torch.randint(0, num_classes, (num_images,), generator=generator)
     images = prototypes[labels] + 2.5 * torch.randn(num_images, 3, image_size, image_size, generator=generator)
     return TensorDataset(images, labels)
-
-
-def repeated_images(length, image_size, pool_size=64):
-    """`length` full-size random images for speed runs: a pool of 64, repeated, costs no memory or loading time."""
-    pool = TensorDataset(torch.randn(pool_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)),
-                         torch.randint(0, 10, (pool_size,), generator=torch.Generator().manual_seed(1)))
-    return Subset(pool, [index % pool_size for index in range(length)])
 
 
 def load_rgb(path):
@@ -154,7 +133,7 @@ sys.excepthook = lambda kind, error, trace: print("error: " + re.findall(r"canno
 
 
 class VisibleImageFolder(ImageFolder):
-    """ImageFolder that skips hidden entries ('.name' folders and files, macOS '._name.png') and allows empty ones."""
+    """ImageFolder that skips hidden entries ('.name', macOS '._name.png'); empty folders pass, to be named later."""
 
     def find_classes(self, directory):
         classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and entry.name[0] != ".")
@@ -181,31 +160,31 @@ def check_images(dataset):
 
 
 def image_folder_splits(data_dir, transform):
-    """(train, val, test, class names, where val and test come from) for train/ beside test/ and/or val/."""
+    """(train, val, test, class count, where val and test come from) for train/ beside test/ and/or val/."""
     found = {name: VisibleImageFolder(data_dir / name, transform, loader=load_rgb)
              for name in ("train", "val", "test") if (data_dir / name).is_dir()}
     if "train" not in found or len(found) < 2:
         fail(f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; it has {list(found) or 'neither'}")
     classes = found["train"].classes
     if len(classes) < 2:  # before the other checks: images put straight into train/ get this sentence too
-        fail(f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs at least two: train/<class>/<images>")
+        fail(f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs two or more")
     for name, split in found.items():
         counts = np.bincount(split.targets, minlength=len(split.classes)).tolist()
         if split.classes != classes:
-            fail(f"--data-dir splits disagree on the classes: train has {classes}, {name} has {split.classes}; give "
-                 "every split the same class folders")
+            fail(f"--data-dir splits disagree on the classes: train has {classes}, {name} has {split.classes}; "
+                 "give every split the same class folders")
         if 0 in counts:
             fail(f"--data-dir class folder {data_dir / name / classes[counts.index(0)]} holds no images "
                  f"({', '.join(IMG_EXTENSIONS)}); add images to it, or delete that class from every split")
         print_once(f"{name}/: {len(split)} images in {len(classes)} classes {dict(zip(classes, counts))}")
         check_images(split)
-    if "val" in found and "test" in found:
-        return found["train"], found["val"], found["test"], classes, "val/", "test/"
     order = torch.randperm(len(found["train"]), generator=torch.Generator().manual_seed(0)).tolist()
-    num_val = max(1, len(order) // 10)
-    train, val = Subset(found["train"], order[num_val:]), Subset(found["train"], order[:num_val])
-    test_name = "test" if "test" in found else "val"  # train/ and val/ only: val/ is the held-out test set
-    return train, val, found[test_name], classes, f"a seeded 10% of train/ ({num_val} images)", f"{test_name}/"
+    num_val = 0 if "val" in found and "test" in found else max(1, len(order) // 10)  # else a seeded 10% of train/
+    train, val = Subset(found["train"], order[num_val:]), found["val"] if not num_val else Subset(found["train"], order[:num_val])
+    test = "test" if "test" in found else "val"  # train/ and val/ only: val/ is the held-out test set
+    splits = (f"a seeded 10% of train/ ({num_val} of them)" if num_val else "val/", f"{test}/")
+    print_once(f"Validation: {splits[0]} | test: {splits[1]}")
+    return train, val, found[test], len(classes), *splits
 
 
 def cifar10_splits(data_dir, transform):
@@ -213,8 +192,8 @@ def cifar10_splits(data_dir, transform):
     try:
         train_full, test = (CIFAR10(data_dir, train, transform, download=True) for train in (True, False))
     except (URLError, OSError, RuntimeError) as error:  # RuntimeError: the files fail their checksum after a download
-        fail(f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); connect to the "
-             "internet, or train offline with --quick or on your own images with --data-dir PATH")
+        fail(f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); connect to the internet, "
+             "or train offline with --quick or on your own images with --data-dir PATH")
     return Subset(train_full, range(45_000)), Subset(train_full, range(45_000, 50_000)), test
 
 
@@ -226,42 +205,25 @@ def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-class ShardedEvalSampler(DistributedSampler):
-    """Each process evaluates its own slice of the data, with no sample padded in or dropped."""
-
-    def __init__(self, dataset):
-        super().__init__(dataset, shuffle=False)
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self):
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
-
-
 def get_dataloaders(args):
-    """Train, validation and test loaders plus the class count, for the data the flags select.
-
-    The training order is a shuffle seeded by SEED and the epoch only (DistributedSampler.set_epoch, which Fabric
-    calls each epoch), so it is the same for any --num-workers. Sets args.val_split/test_split for the record.
-    """
-    size, args.val_split, args.test_split, num_classes = 32 if args.quick else 224, "validation split", "test split", 10
-    transform = None if args.synthetic or args.quick and not args.data_dir else transforms.Compose([
-        transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]) \
-        if args.quick else torchvision.models.get_model_weights(args.model)[args.weights].transforms()  # the weights' own
-    if args.synthetic:
-        batches = (args.max_steps * world_size(), 2, 2)
-        train, val, test = (repeated_images(count * args.batch_size, size) for count in batches)
-    elif args.data_dir:
-        train, val, test, classes, args.val_split, args.test_split = image_folder_splits(args.data_dir, transform)
-        num_classes = len(classes)
-        print_once(f"Validation: {args.val_split} | test: {args.test_split}")
-    elif args.quick:
-        num_train, num_val, num_test = QUICK_SPLIT_SIZES
-        train_full, test = generated_dataset(num_train + num_val, seed=0), generated_dataset(num_test, seed=1)
-        train, val = Subset(train_full, range(num_train)), Subset(train_full, range(num_train, num_train + num_val))
-    else:
-        train, val, test = cifar10_splits(Path("data"), transform)
+    """Train, validation and test loaders and the class count. The training order is a shuffle seeded by SEED and the
+    epoch only (set_epoch), for any --num-workers; each process evaluates its own slice, none padded in or dropped."""
+    args.val_split, args.test_split, num_classes = "validation split", "test split", 10
+    if args.synthetic:  # a pool of 64 full-size images, repeated: no memory or loading time
+        pool = generated_dataset(64, image_size=224)
+        batches = (args.max_steps * world_size(), 2, 2)  # train, val, test
+        train, val, test = (Subset(pool, [i % 64 for i in range(count * args.batch_size)]) for count in batches)
+    elif args.quick and not args.data_dir:
+        splits = ((2250,), (2250, 2500), (2500, 3000))  # train, val, test: CIFAR-10's 45k/5k/10k divided by 20
+        train, val, test = (Subset(generated_dataset(3000, seed=0), range(*split)) for split in splits)
+    else:  # --quick: resized to the small model's input; else the pretrained weights' own preprocessing
+        transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize(
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]) if args.quick else \
+            torchvision.models.get_model_weights(args.model)[args.weights].transforms()
+        train, val, test, *splits = image_folder_splits(args.data_dir, transform) if args.data_dir else \
+            cifar10_splits(Path("data"), transform)
+        if splits:
+            num_classes, args.val_split, args.test_split = splits
     if len(train) < args.batch_size * world_size():  # drop_last would leave not one training step
         fail(f"the training split{f' of {args.data_dir}/train/ (validation: {args.val_split})' if args.data_dir else ''} "
              f"has {len(train)} images, fewer than one batch of {args.batch_size} x {world_size()} device(s); add images"
@@ -270,11 +232,8 @@ def get_dataloaders(args):
                     persistent_workers=args.num_workers > 0)
     train_sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=SEED)
     train_loader = DataLoader(train, sampler=train_sampler, drop_last=True, **settings)
-    if args.max_steps and args.max_steps > len(train_loader):
-        print_once(f"Training {len(train_loader)} of the {args.max_steps} steps asked for: --max-steps trains one "
-                   f"epoch, and this training set holds {len(train_loader)} batches of {args.batch_size}")
-    return train_loader, *[DataLoader(dataset, sampler=ShardedEvalSampler(dataset) if world_size() > 1 else None,
-                                      **settings) for dataset in (val, test)], num_classes
+    return train_loader, *[DataLoader(dataset, sampler=UnrepeatedDistributedSampler(dataset, shuffle=False)
+                                      if world_size() > 1 else None, **settings) for dataset in (val, test)], num_classes
 
 
 # ---------------------------------------------------------------- model weights and accuracy
@@ -283,24 +242,20 @@ def get_dataloaders(args):
 @register_model(TINY_VIT)  # so that torchvision.models.get_model(TINY_VIT) builds it, like the real ViTs
 def vit_tiny_32(weights=None, **kwargs):
     """A 3-layer ViT for 32x32 images (about 0.1 M parameters); it has no pretrained weights."""
-    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=4, hidden_dim=64,
-                                                mlp_dim=128, **kwargs)
+    return torchvision.models.VisionTransformer(32, 8, num_layers=3, num_heads=4, hidden_dim=64, mlp_dim=128, **kwargs)
 
 
 def pretrained_weights(args):
     """The torchvision weights of args.model, downloaded to torch's hub cache once and checked; None without weights."""
     weights = args.weights and torchvision.models.get_model_weights(args.model)[args.weights]
-    path = weights and Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    try:
-        if weights and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights.url, str(path))
-        weights and torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads the index only
-    except (URLError, OSError) as error:  # no network (torch.load's own errors are not OSErrors)
-        fail(f"could not download the {args.model} ImageNet weights ({getattr(error, 'reason', error)}); connect to the "
-             f"internet once (they are cached in {path.parent}), or train the small model from scratch with --quick"
-             + ("" if args.data_dir else ", or measure speed and memory with --synthetic"))  # that one refuses --data-dir
-    except Exception as error:  # RuntimeError from a file cut short, UnpicklingError from one overwritten
+    try:  # loading onto the meta device reads the file's index, not its 1.2 GB of tensors
+        weights and torch.hub.load_state_dict_from_url(weights.url, map_location="meta", weights_only=True)
+    except Exception as error:  # a failed download leaves no file, so a file that is there failed to load
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not path.exists():
+            fail(f"could not download the {args.model} ImageNet weights ({getattr(error, 'reason', error)}); connect to "
+                 f"the internet once (they are cached in {path.parent}), or train the small model from scratch with "
+                 "--quick" + ("" if args.data_dir else ", or measure speed and memory with --synthetic"))  # not --data-dir
         fail(f"the cached weights file {path} is damaged ({str(error).splitlines()[0]}), perhaps by an interrupted "
              "download; delete it and run again with internet access")
     return weights
@@ -308,56 +263,41 @@ def pretrained_weights(args):
 
 @torch.inference_mode()
 def compute_accuracy(model, loader):
-    """Fraction of correctly classified images; exact across processes (summed counts, no padding)."""
+    """Fraction of correctly classified images; exact across processes (torchmetrics sums the counts)."""
     model.eval()
     device = next(model.parameters()).device
-    accuracy = None
+    accuracy = MulticlassAccuracy(getattr(model, "module", model).heads.head.out_features, average="micro").to(device)
     for features, targets in loader:
-        logits = model(features.to(device))
-        accuracy = accuracy or MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False).to(device)
-        accuracy.update(logits.argmax(dim=1), targets.to(device))
-    accuracy = accuracy or MulticlassAccuracy(2, average="micro").to(device)  # no samples here: still join the sum
-    return accuracy.compute().item()  # torchmetrics sums the counts over processes
-
-
-def copy_weights(model):
-    """A CPU copy of every parameter, for --track-updates (CPU memory: the accelerator's peak stays as it was)."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in getattr(model, "module", model).named_parameters()}
+        accuracy.update(model(features.to(device)).argmax(dim=1), targets.to(device))
+    return accuracy.compute().item()
 
 
 def changed_shares(model, initial, largest=3):
     """Share of weight elements that differ from `initial`: over all weights, and for the `largest` tensors."""
-    changed = {name: (p.detach().cpu() != initial[name]).sum().item() for name, p in getattr(model, "module", model).named_parameters()}
-    biggest = sorted(initial, key=lambda name: initial[name].numel(), reverse=True)[:largest]
+    changed = {name: (p.detach().cpu() != initial[name]).sum().item() for name, p in model.named_parameters()}
+    biggest = sorted(initial, key=lambda name: initial[name].numel(), reverse=True)[:largest]  # Fabric's prefix dropped:
     return {"all": sum(changed.values()) / sum(tensor.numel() for tensor in initial.values()),
-            **{name: changed[name] / initial[name].numel() for name in biggest}}
+            **{name.removeprefix("_forward_module."): changed[name] / initial[name].numel() for name in biggest}}
 
 
 # ---------------------------------------------------------------- what the run prints and measures
 
 
-def print_once(*values, **kwargs):
-    """print on the first process only, so a multi-GPU run prints each line once."""
+def print_once(*values, **kwargs):  # on the first process only, so a multi-GPU run prints each line once
     if rank() == 0:
         print(*values, **kwargs, flush=True)
 
 
-def versions():
+def versions():  # the versions that the numbers depend on, printed at start and kept in the record
     return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "torchvision", "lightning")}}
 
 
-def device_name(device):
-    """The GPU's name, or the CPU's model name from /proc/cpuinfo (else what platform knows) and its thread count."""
+def device_name(device):  # the GPU's name, or the CPU's model name and its thread count
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = cpu_info("model name") or platform.processor() or platform.machine()
+    cpu = re.search(r"^model name\s*: (.*)$", CPUINFO, re.MULTILINE)
+    cpu = cpu[1] if cpu else platform.processor() or platform.machine()
     return f"{cpu} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"{device.type}: {cpu}"
-
-
-def cpu_info(field):
-    """The first value of `field` in /proc/cpuinfo ('model name', 'flags' on x86, 'Features' on Arm), or ''."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == field), "")
 
 
 def print_setup(args, precision, device):
@@ -365,44 +305,32 @@ def print_setup(args, precision, device):
     if device.type == "cuda" and "bf16" in precision and not torch.cuda.is_bf16_supported(including_emulation=False):
         fail(f"{precision} needs native bfloat16, which {device_name(device)} lacks (it arrived with Ampere, "
              "compute capability 8.0); run 02_fabric_16mixed.py (16-mixed) on this GPU instead")
-    try:
-        from watermark import watermark
-        print_once(watermark(packages="torch,torchvision,lightning,torchmetrics", python=True).strip())
-    except ImportError:  # watermark is optional: some GPU images lack it
-        print_once(" | ".join(f"{name}: {value}" for name, value in versions().items()))
+    print_once("\n".join(f"{name:<11}: {value}" for name, value in versions().items()))
     print_once(f"Device: {device_name(device)} x {world_size()} process(es) | Model: {args.model} | "
                f"Precision asked for: {precision} | float32 matmul precision: {args.matmul_precision}")
-    half = "float16" if precision == "16-true" else "bfloat16"  # 16-mixed runs as bf16-mixed on a CPU
-    units = {"amx_fp16", "avx512_fp16", "fphp"} if half == "float16" else {"amx_bf16", "avx512_bf16", "bf16"}
-    flags = set((cpu_info("flags") or cpu_info("Features")).split())  # what the CPU itself reports (x86, Arm)
-    if device.type == "cpu" and precision != "32-true" and flags and not flags & units:
-        print_once(f"Note: this CPU has no {half} matrix units ({', '.join(sorted(units))}), so {precision} is emulated "
-                   "and slower than 32-true here, up to tens of times; compare precisions on a GPU or a CPU with them")
+    half, units = ("float16", "amx_fp16 avx512_fp16 fphp") if precision == "16-true" else ("bfloat16", "amx_bf16 avx512_bf16 bf16")
+    flags = set(next(iter(re.findall(r"^(?:flags|Features)\s*: (.*)$", CPUINFO, re.MULTILINE)), "").split())  # x86, Arm
+    if device.type == "cpu" and precision != "32-true" and flags and not flags & set(units.split()):  # 16-mixed: bf16
+        print_once(f"Note: this CPU has no {half} matrix units ({units}), so {precision} is emulated and slower than "
+                   "32-true here, up to tens of times; compare precisions on a GPU or a CPU with them")
 
 
 def watch_dtypes(model, precision, device):
     """A dict that the first forward pass fills with the dtypes in effect (head weights, matmul output), printed once."""
-    dtypes = {}
+    dtypes, short = {}, {torch.float32: "32", torch.float16: "16", torch.bfloat16: "bf16"}
 
-    def record(head, inputs, output):
+    def record(head, inputs, output):  # named from what the run computes in: float32 weights with 16-bit matmuls: mixed
         hook.remove()
-        dtypes.update(weight=head.weight.dtype, matmul=output.dtype, in_effect=precision_in_effect(head.weight.dtype, output.dtype))
-        why = "" if dtypes["in_effect"] == precision else " (differs from the request)"
-        if precision == "16-mixed" and device.type == "cpu":
-            why = " (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)"
-        print_once(f"Precision in effect: {dtypes['in_effect']}{why} | weights {str(head.weight.dtype)[6:]}, "
+        mixed = head.weight.dtype == torch.float32 and output.dtype != torch.float32
+        in_effect = f"{short[output.dtype]}-mixed" if mixed else f"{short[head.weight.dtype]}-true"
+        dtypes.update(weight=head.weight.dtype, matmul=output.dtype, in_effect=in_effect)
+        why = " (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)" if precision == "16-mixed" \
+            and device.type == "cpu" else "" if in_effect == precision else " (differs from the request)"
+        print_once(f"Precision in effect: {in_effect}{why} | weights {str(head.weight.dtype)[6:]}, "
                    f"matmul outputs {str(output.dtype)[6:]}")
 
     hook = getattr(model, "module", model).heads.head.register_forward_hook(record)
     return dtypes
-
-
-def precision_in_effect(weight_dtype, matmul_dtype):
-    """Name the precision from what the run really computes in: the weights' and the matmuls' dtypes."""
-    short = {torch.float32: "32", torch.float16: "16", torch.bfloat16: "bf16"}
-    if weight_dtype == torch.float32:
-        return "32-true" if matmul_dtype == torch.float32 else f"{short[matmul_dtype]}-mixed"
-    return f"{short[weight_dtype]}-true"
 
 
 def synchronize(device):
@@ -413,8 +341,8 @@ def synchronize(device):
 
 def speed(images_per_s, seconds_per_step):
     """Images/s with at least three significant digits; seconds per step beside it when a step takes a second or more."""
-    rate = f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:.3g}"
-    return f"{rate} img/s" + (f" ({seconds_per_step:.2f} s/step)" if seconds_per_step >= 1 else "")
+    return (f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:.3g}") + " img/s" + (
+        f" ({seconds_per_step:.2f} s/step)" if seconds_per_step >= 1 else "")
 
 
 @dataclass
@@ -428,24 +356,20 @@ class StepTimer:
     steady_steps: int = 0
     steady_time: float = 0.0  # seconds
     data_wait: float = 0.0  # seconds of steady_time spent waiting for the data loader
-    warmup_time: float = 0.0
-    since_print: tuple = (0, 0.0)  # (steps, seconds) since the last progress line
+    last_step_time: float = 0.0
 
     def add(self, step_time, data_wait):
-        self.steps, self.since_print = self.steps + 1, (self.since_print[0] + 1, self.since_print[1] + step_time)
+        self.steps, self.last_step_time = self.steps + 1, step_time
         if self.steps > self.warmup_steps or self.total_steps <= self.warmup_steps:
-            self.steady_steps, self.steady_time = self.steady_steps + 1, self.steady_time + step_time
-            self.data_wait += data_wait
-        else:
-            self.warmup_time += step_time
+            self.steady_steps, self.steady_time, self.data_wait = (self.steady_steps + 1, self.steady_time + step_time,
+                                                                   self.data_wait + data_wait)
 
     def progress(self):
-        """'<speed since the last progress line> | MM:SS left'; the estimate leaves warm-up out once it can."""
-        (steps, seconds), self.since_print = self.since_print, (0, 0.0)
-        mean_step = self.steady_time / self.steady_steps if self.steady_steps else self.warmup_time / self.steps
-        left = round((self.total_steps - self.steps) * mean_step)
-        clock = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}" if left >= 3600 else f"{left // 60:02d}:{left % 60:02d}"
-        return f"{speed(steps * self.images_per_step / seconds, seconds / steps)} | {clock} left"
+        """'<speed> | MM:SS left' from the steady state so far, or from the last step while still warming up."""
+        step_time = self.steady_time / self.steady_steps if self.steady_steps else self.last_step_time
+        left = round((self.total_steps - self.steps) * step_time)
+        clock = f"{left // 60:02d}:{left % 60:02d}" if left < 3600 else f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        return f"{speed(self.images_per_step / step_time, step_time)} | {clock} left"
 
 
 def reset_peak_memory(device):
@@ -457,8 +381,7 @@ def reset_peak_memory(device):
         return process_memory_bytes("VmRSS")
 
 
-def process_memory_bytes(field):
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc, in bytes."""
+def process_memory_bytes(field):  # VmRSS (now) or VmHWM (peak since the last reset) of this process, in bytes
     return 1024 * int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)[1])
 
 
@@ -473,9 +396,10 @@ def peak_memory(device, baseline):
     else:  # no resettable peak: ru_maxrss is the whole process's peak, in KiB on Linux and bytes on macOS
         numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9]
         description = "{:.2f} GB absolute peak RSS of the process (this system cannot reset the peak)"
-    if world_size() > 1:
-        numbers = reduce_over_processes(numbers, device, dist.ReduceOp.MAX)
-        description += f", per process: the most of any of the {world_size()} processes"
+    if world_size() > 1:  # each process measured its own peak: report the largest
+        tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        numbers, description = tensor.tolist(), f"{description}, per process: the most of any of the {world_size()} processes"
     return numbers[0], description.format(*numbers)
 
 
@@ -487,32 +411,25 @@ def peak_flops(device, dtype, matmul_precision):
     return get_available_flops(device, dtype) if name else None
 
 
-def steady_state(args, timer, device, matmul_dtype, num_classes):
-    """Images/s, seconds per step, data-wait share and MFU after the warm-up steps (None without a steady state)."""
-    with torch.device("meta"):  # FLOPs of one training image, forward and backward, counted on a meta-device copy
-        meta = torchvision.models.get_model(args.model, num_classes=num_classes)
-        flops = measure_flops(meta, lambda: meta(torch.randn(1, 3, meta.image_size, meta.image_size)), lambda y: y.sum())
-    if timer.steady_time == 0:  # a run that diverged during warm-up
-        return {"images_per_s": None, "seconds_per_step": None, "data_wait_share": None, "mfu": None, "flops_per_image": flops}
-    # Lightning's Throughput over one window: from the end of the warm-up to the last step
-    throughput = Throughput(available_flops=peak_flops(device, matmul_dtype, args.matmul_precision),
-                            world_size=world_size(), window_size=2)
-    samples = timer.steady_steps * args.batch_size
-    throughput.update(time=0.0, batches=0, samples=0, flops=0)
-    throughput.update(time=timer.steady_time, batches=timer.steady_steps, samples=samples, flops=flops * samples)
-    metrics = throughput.compute()
-    return {"images_per_s": metrics.get("samples_per_sec", metrics["device/samples_per_sec"]), "flops_per_image": flops,
-            "seconds_per_step": timer.steady_time / timer.steady_steps, "mfu": metrics.get("device/mfu"),
-            "data_wait_share": timer.data_wait / timer.steady_time}
-
-
 def report(args, precision, device, *, timer, train_time, memory_baseline, dtypes, accuracies, diverged_at, model,
            initial_weights=None):
     """Print the run's time, speed, MFU, memory and accuracy; append its record to --results; return the record."""
     accuracies = {key: math.nan if diverged_at else accuracies[key] for key in ("train_acc", "val_acc", "test_acc")}
-    steady = steady_state(args, timer, device, dtypes.get("matmul"), getattr(model, "module", model).heads.head.out_features)
+    with torch.device("meta"):  # FLOPs of one training image, forward and backward, counted on a meta-device copy
+        meta = torchvision.models.get_model(args.model, num_classes=getattr(model, "module", model).heads.head.out_features)
+        flops = measure_flops(meta, lambda: meta(torch.randn(1, 3, meta.image_size, meta.image_size)), lambda y: y.sum())
+    steady = dict(images_per_s=None, seconds_per_step=None, data_wait_share=None, mfu=None, flops_per_image=flops)
     line = f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s), including the per-epoch validation"
-    if steady["images_per_s"]:
+    if timer.steady_time > 0:  # not a run that diverged during warm-up: Lightning's Throughput from there to the end
+        throughput = Throughput(available_flops=peak_flops(device, dtypes.get("matmul"), args.matmul_precision),
+                                world_size=world_size(), window_size=2)
+        for steps, seconds in ((0, 0.0), (timer.steady_steps, timer.steady_time)):
+            samples = steps * args.batch_size
+            throughput.update(time=seconds, batches=steps, samples=samples, flops=flops * samples)
+        metrics = throughput.compute()
+        steady.update(images_per_s=metrics.get("samples_per_sec", metrics["device/samples_per_sec"]),
+                      mfu=metrics.get("device/mfu"), seconds_per_step=timer.steady_time / timer.steady_steps,
+                      data_wait_share=timer.data_wait / timer.steady_time)
         mfu = f"MFU: {steady['mfu']:.1%}" if steady["mfu"] is not None else "MFU: none (" + (
             "a CPU has no datasheet peak FLOP/s)" if device.type == "cpu" else "no peak FLOP/s known for this device)")
         line += (f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} over {timer.steady_steps}"
@@ -524,17 +441,15 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
     changed = changed_shares(model, initial_weights) if initial_weights is not None else None
     if changed:
         print_once("Weights changed by training: " + ", ".join(f"{name} {share:.1%}" for name, share in changed.items()))
-    record = {
-        "script": Path(sys.argv[0]).name, "precision": dtypes.get("in_effect"), "precision_requested": precision,
-        "device": device.type, "device_name": device_name(device), "world_size": world_size(), "model": args.model,
-        "data": "synthetic" if args.synthetic else str(args.data_dir or ("generated" if args.quick else "cifar10")),
-        "val_split": args.val_split, "test_split": args.test_split, "epochs": args.epochs, "batch_size": args.batch_size,
-        "steps": timer.steps, "train_images": int(reduce_over_processes([timer.steps * args.batch_size], device, dist.ReduceOp.SUM)[0]),
-        "matmul_precision": args.matmul_precision, "train_time_s": train_time, **steady, "peak_memory_gb": peak_gb,
-        "memory_measure": memory_line, "weight_dtype": str(dtypes.get("weight"))[6:] or None,
-        "matmul_output_dtype": str(dtypes.get("matmul"))[6:] or None, **accuracies, "diverged": diverged_at is not None,
-        "diverged_at": diverged_at, "changed_share": changed, "versions": versions(),
-    }
+    record = dict(
+        script=Path(sys.argv[0]).name, precision=dtypes.get("in_effect"), precision_requested=precision, device=device.type,
+        device_name=device_name(device), world_size=world_size(), steps=timer.steps, train_time_s=train_time,
+        data="synthetic" if args.synthetic else str(args.data_dir or ("generated" if args.quick else "cifar10")),
+        **{key: vars(args)[key] for key in ("model", "val_split", "test_split", "epochs", "batch_size", "matmul_precision")},
+        train_images=timer.steps * args.batch_size * world_size(), **steady,  # every process takes the same steps
+        peak_memory_gb=peak_gb, memory_measure=memory_line, weight_dtype=str(dtypes.get("weight"))[6:] or None,
+        matmul_output_dtype=str(dtypes.get("matmul"))[6:] or None, **accuracies, diverged=diverged_at is not None,
+        diverged_at=diverged_at, changed_share=changed, versions=versions())
     if args.results and rank() == 0:
         append_record(args.results, {key: None if value != value else value for key, value in record.items()})  # NaN: null
         print_once(f"Results appended to {args.results}")
@@ -548,15 +463,6 @@ def append_record(path, record):
         file.write(json.dumps(record) + "\n")
 
 
-def reduce_over_processes(numbers, device, op):
-    """Sum (or max) a few numbers over all processes; the numbers themselves on a single process."""
-    if world_size() == 1:
-        return numbers
-    tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=op)
-    return tensor.tolist()
-
-
 def all_finite(*tensors):
     """True while every tensor is finite on every process; one small reduction and one sync."""
     finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all().to(torch.int32)
@@ -566,7 +472,7 @@ def all_finite(*tensors):
 
 
 def divergence_advice(dtypes):
-    """What to do after a divergence, for the weights' dtype in effect."""
+    """What to do after a divergence: a lower learning rate, unless the weights are float16."""
     if dtypes.get("weight") == torch.float16:
         return ("use bf16-true (04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with float16 weights "
                 "an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)")
@@ -575,23 +481,23 @@ def divergence_advice(dtypes):
 
 def first_nonfinite(model, features, step):
     """Say where NaN/inf first appeared: weights or gradients of the last step, or this step's forward pass."""
-    module = getattr(model, "module", model)  # Fabric's wrapper keeps the user's model as .module
-    bad = {"weights": [name for name, p in module.named_parameters() if not torch.isfinite(p).all()],
-           "gradients": [name for name, p in module.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]}
-    count = f"{len(list(module.parameters()))} parameter tensors"
-    if bad["weights"] and bad["gradients"]:
-        return (f"the gradients of step {step - 1} were non-finite first (parameter {bad['gradients'][0]}, "
-                f"{len(bad['gradients'])} of {count}), and the optimizer step wrote them into the weights")
-    if bad["weights"]:
-        return (f"the weights turned non-finite in optimizer step {step - 1} although its gradients were finite (first "
-                f"parameter {bad['weights'][0]}, {len(bad['weights'])} of {count}), so the loss of step {step} is NaN")
-    bad_outputs = []  # hooks fire as each module finishes, so the first entry is the earliest culprit
-    hooks = [sub.register_forward_hook(lambda sub, inputs, output, name=name: bad_outputs.append(name) if isinstance(
-             output, torch.Tensor) and not torch.isfinite(output).all() else None) for name, sub in module.named_modules() if name]
+    module = getattr(model, "module", model)  # Fabric's wrapper keeps the model as .module
+    parameters = list(module.named_parameters())
+    weights = [name for name, p in parameters if not p.isfinite().all()]
+    gradients = [name for name, p in parameters if p.grad is not None and not p.grad.isfinite().all()]
+    first = gradients or weights or [""]
+    where = f"(first parameter {first[0]}, {len(gradients or weights)} of {len(parameters)} parameter tensors)"
+    if weights:
+        return (f"the gradients of step {step - 1} were non-finite first {where}, and the optimizer step wrote them into "
+                "the weights" if gradients else f"the weights turned non-finite in optimizer step {step - 1} although "
+                f"its gradients were finite {where}, so the loss of step {step} is NaN")
+    outputs = []  # (module name, finite?) in the order the modules finish: the first non-finite one is the culprit
+    hooks = [sub.register_forward_hook(lambda sub, inputs, output, name=name: outputs.append((name, not isinstance(
+             output, torch.Tensor) or output.isfinite().all()))) for name, sub in module.named_modules() if name]
     with torch.no_grad():
         model(features)
     for hook in hooks:
         hook.remove()
-    if bad_outputs:
-        return f"the forward pass of step {step} produced the first non-finite output in module {bad_outputs[0]}"
-    return f"the loss of step {step} was non-finite although the forward pass was finite"
+    culprit = next((name for name, finite in outputs if not finite), None)
+    return (f"the forward pass of step {step} produced the first non-finite output in module {culprit}" if culprit else
+            f"the loss of step {step} was non-finite although the forward pass was finite")

@@ -49,7 +49,7 @@ def test_report_blames_gradients_that_were_non_finite_before_the_weights():
     model[1].bias.grad[0] = float("nan")
     model[1].bias.data[0] = float("nan")
     where = first_nonfinite(model, torch.ones(2, 4), step=3)
-    assert where.startswith("the gradients of step 2 were non-finite first (parameter 1.bias, 1 of 4 parameter tensors)")
+    assert where.startswith("the gradients of step 2 were non-finite first (first parameter 1.bias, 1 of 4 parameter tensors)")
 
 
 def test_report_blames_the_loss_when_the_forward_pass_is_finite():

@@ -199,7 +199,7 @@ def test_time_left_leaves_the_slow_warmup_out_and_carries_seconds_into_minutes()
     timer = StepTimer(total_steps=12, warmup_steps=2, images_per_step=32)
     for step_time in (40.0, 20.0):  # warm-up: first-call kernels and allocations
         timer.add(step_time, data_wait=0.0)
-    assert timer.progress().endswith("| 05:00 left")  # 10 steps at the warm-up's mean of 30 s
+    assert timer.progress().endswith("| 05:00 left")  # 10 steps at the mean of the steps since the last line, 30 s
     timer.add(5.98, data_wait=0.5)
     assert timer.progress() == "5.35 img/s (5.98 s/step) | 00:54 left"  # 9 steps at 5.98 s: 53.8 s
     timer.add(6.02, data_wait=0.5)
