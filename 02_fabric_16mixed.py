@@ -19,12 +19,14 @@ PRECISION = "16-mixed"  # float16 autocast for matmuls; float32 weights; loss sc
 def train(args, model, optimizer, scheduler, train_loader, val_loader, num_classes, fabric):
     """Finetune; return the step timer, the last epoch's accuracies and, if the run diverged, where NaN appeared."""
     steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))
+    if args.max_steps and steps < args.max_steps:
+        fabric.print(f"Training {steps} of the {args.max_steps} steps asked for: --max-steps trains one epoch, and it has {steps} batches")
     timer = StepTimer(steps, args.warmup_steps, args.batch_size * fabric.world_size)  # times each step after warm-up
     train_accuracy = MulticlassAccuracy(num_classes, average="micro").to(fabric.device)
     for epoch in range(args.epochs):
         model.train()
         steps_this_epoch = min(len(train_loader), timer.total_steps - timer.steps)
-        step_end = time.perf_counter()
+        step_end = last_print = time.perf_counter()
         for batch, (features, targets) in enumerate(train_loader, 1):
             data_ready = time.perf_counter()  # the time since the last step ended went into waiting for this batch
             logits = model(features)
@@ -40,9 +42,10 @@ def train(args, model, optimizer, scheduler, train_loader, val_loader, num_class
             synchronize(fabric.device)  # wait for the accelerator's queued work: the step time is its real time
             timer.add(step_time=time.perf_counter() - step_end, data_wait=data_ready - step_end)
             step_end = time.perf_counter()
-            if batch in (1, steps_this_epoch) or timer.since_print[1] >= 30:
+            if batch in (1, steps_this_epoch) or step_end - last_print >= 30:  # a progress line every 30 seconds
                 progress = f"Batch {batch:04d}/{steps_this_epoch:04d} | Loss: {loss.item():.4f} | {timer.progress()}"
                 fabric.print(f"Epoch: {epoch + 1:03d}/{args.epochs:03d} | {progress}")
+                last_print = step_end
             if batch == steps_this_epoch:
                 break
 

@@ -28,16 +28,15 @@ from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.models._api import register_model
 
-VIT_BUILDERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
 TINY_VIT = "vit_tiny_32"  # the small model of --quick: 32x32 input, random initial weights
-SEED = 123
 DIVERGED_EXIT_CODE = 3  # a run that stopped because the loss or the weights turned NaN/inf
 CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""  # the CPU's name and flags
+CPU_NAME = next(iter(re.findall(r"^model name\s*: (.*)$", CPUINFO, re.MULTILINE)), platform.processor() or platform.machine())
+VERSIONS = {"python": platform.python_version(), **{name: version(name) for name in ("torch", "torchvision", "lightning")}}
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux; absent in some containers)
 # Dense (no 2:4 sparsity) peak FLOP/s of H100 SXM and H200 SXM, from NVIDIA's datasheets. Lightning 2.6's
 # get_available_flops misses the H200 (it matches only names with "sxm1"/"nvl1") and lists its sparse figures.
 DENSE_PEAK_FLOPS = {torch.bfloat16: 989e12, torch.float16: 989e12, "tfloat32": 494e12, torch.float32: 67e12}
-IMAGE_ENDINGS = {".png": b"IEND\xaeB`\x82", ".jpeg": b"\xff\xd9"}  # a truncated file lacks its end marker
 
 
 def fail(message):  # stop the run with one sentence on stderr and exit status 1
@@ -52,13 +51,12 @@ def parse_args(argv=None):
     add("--quick", action="store_true", help=f"offline, a minute on a laptop CPU: {TINY_VIT} on generated images")
     add("--synthetic", action="store_true", help="speed and memory only: full-size generated images, random weights")
     add("--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/*, PATH/test/ and/or PATH/val/")
-    add("--model", choices=VIT_BUILDERS, help="torchvision ViT, with ImageNet weights unless --synthetic (default vit_l_16)")
+    add("--model", choices=("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32"), help="with ImageNet weights (default vit_l_16)")
     add("--epochs", type=int, help="passes over the training set (default 3)")
     add("--max-steps", type=int, metavar="N", help="train one epoch of at most N steps (default 20 with --synthetic)")
     add("--batch-size", type=int, default=32, help="images per device and step (default 32)")
     add("--learning-rate", type=float, help="Adam's learning rate (default 5e-5, or 1e-3 with --quick)")
-    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium", help="torch.set_float32_matmul"
-        "_precision (default medium: TF32 on Ampere+ GPUs, bfloat16 on AMX CPUs; highest: true float32)")
+    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium", help="of float32 matmuls (medium)")
     add("--num-workers", type=int, help="data loader processes (default 0 for generated data, else up to 8)")
     add("--warmup-steps", type=int, default=5, metavar="N", help="steps left out of the steady state (default 5)")
     add("--track-updates", action="store_true", help="report the share of weights that training changed")
@@ -69,8 +67,7 @@ def parse_args(argv=None):
     add("--num-nodes", type=int, default=1, help="machines (default 1)")
     args = parser.parse_args(argv)
 
-    counts = dict(epochs=1, max_steps=1, batch_size=1, devices=1, num_nodes=1, num_workers=0, warmup_steps=0)  # lowest
-    for name, lowest in counts.items():
+    for name, lowest in dict(epochs=1, max_steps=1, batch_size=1, devices=1, num_nodes=1, num_workers=0, warmup_steps=0).items():
         if getattr(args, name) is not None and getattr(args, name) < lowest:
             must = "zero or more" if lowest == 0 else "a positive whole number"
             parser.error(f"--{name.replace('_', '-')}: must be {must}, got {getattr(args, name)}")
@@ -84,7 +81,7 @@ def parse_args(argv=None):
         (args.synthetic and args.data_dir, "--synthetic generates its own images; drop --data-dir"),
         (args.max_steps and args.epochs, "--max-steps trains one epoch of at most that many steps; drop --epochs"),
         (args.data_dir and not args.data_dir.is_dir(), f"--data-dir {args.data_dir} is not a folder"),
-        (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has none"),
+        (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has none; use --accelerator cpu or auto"),
         (args.strategy == "fsdp" and (args.accelerator == "cpu" or no_accelerator["cuda"]), "--strategy fsdp needs GPUs"),
         (args.results and args.results.is_dir(), f"--results {args.results} is a folder; name a file in it"),
         (existing and (existing != args.results and not existing.is_dir() or not os.access(existing, os.W_OK)),
@@ -150,7 +147,7 @@ def check_images(dataset):
     for path, _ in dataset.samples:
         try:
             with open(path, "rb") as file:  # Image.open reads the header and stops where the pixel data starts
-                ending = IMAGE_ENDINGS.get(f".{Image.open(file).format}".lower(), b"")  # by content, not by name
+                ending = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}.get(Image.open(file).format, b"")  # by content
                 if ending not in file.read():  # the rest: a JPEG's thumbnail, with its own end marker, came before
                     raise OSError("truncated: it lacks the end marker of its format")
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
@@ -167,7 +164,7 @@ def image_folder_splits(data_dir, transform):
         fail(f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; it has {list(found) or 'neither'}")
     classes = found["train"].classes
     if len(classes) < 2:  # before the other checks: images put straight into train/ get this sentence too
-        fail(f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs two or more")
+        fail(f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs at least two: train/<class>/<images>")
     for name, split in found.items():
         counts = np.bincount(split.targets, minlength=len(split.classes)).tolist()
         if split.classes != classes:
@@ -182,7 +179,7 @@ def image_folder_splits(data_dir, transform):
     num_val = 0 if "val" in found and "test" in found else max(1, len(order) // 10)  # else a seeded 10% of train/
     train, val = Subset(found["train"], order[num_val:]), found["val"] if not num_val else Subset(found["train"], order[:num_val])
     test = "test" if "test" in found else "val"  # train/ and val/ only: val/ is the held-out test set
-    splits = (f"a seeded 10% of train/ ({num_val} of them)" if num_val else "val/", f"{test}/")
+    splits = (f"a seeded 10% of train/ ({num_val} of {len(order)} images)" if num_val else "val/", f"{test}/")
     print_once(f"Validation: {splits[0]} | test: {splits[1]}")
     return train, val, found[test], len(classes), *splits
 
@@ -206,16 +203,14 @@ def rank():
 
 
 def get_dataloaders(args):
-    """Train, validation and test loaders and the class count. The training order is a shuffle seeded by SEED and the
-    epoch only (set_epoch), for any --num-workers; each process evaluates its own slice, none padded in or dropped."""
+    """Train, val and test loaders, class count; the shuffle depends on the epoch only; evaluation pads in nothing."""
     args.val_split, args.test_split, num_classes = "validation split", "test split", 10
     if args.synthetic:  # a pool of 64 full-size images, repeated: no memory or loading time
-        pool = generated_dataset(64, image_size=224)
-        batches = (args.max_steps * world_size(), 2, 2)  # train, val, test
+        pool, batches = generated_dataset(64, image_size=224), (args.max_steps * world_size(), 2, 2)  # train, val, test
         train, val, test = (Subset(pool, [i % 64 for i in range(count * args.batch_size)]) for count in batches)
     elif args.quick and not args.data_dir:
-        splits = ((2250,), (2250, 2500), (2500, 3000))  # train, val, test: CIFAR-10's 45k/5k/10k divided by 20
-        train, val, test = (Subset(generated_dataset(3000, seed=0), range(*split)) for split in splits)
+        full, splits = generated_dataset(3000, seed=0), ((2250,), (2250, 2500), (2500, 3000))  # CIFAR-10's sizes / 20
+        train, val, test = (Subset(full, range(*split)) for split in splits)
     else:  # --quick: resized to the small model's input; else the pretrained weights' own preprocessing
         transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize(
             (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]) if args.quick else \
@@ -230,7 +225,7 @@ def get_dataloaders(args):
              + (f", or use --batch-size {len(train) // world_size()} or less" if len(train) >= world_size() else ""))
     settings = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
                     persistent_workers=args.num_workers > 0)
-    train_sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=SEED)
+    train_sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=123)
     train_loader = DataLoader(train, sampler=train_sampler, drop_last=True, **settings)
     return train_loader, *[DataLoader(dataset, sampler=UnrepeatedDistributedSampler(dataset, shuffle=False)
                                       if world_size() > 1 else None, **settings) for dataset in (val, test)], num_classes
@@ -272,14 +267,6 @@ def compute_accuracy(model, loader):
     return accuracy.compute().item()
 
 
-def changed_shares(model, initial, largest=3):
-    """Share of weight elements that differ from `initial`: over all weights, and for the `largest` tensors."""
-    changed = {name: (p.detach().cpu() != initial[name]).sum().item() for name, p in model.named_parameters()}
-    biggest = sorted(initial, key=lambda name: initial[name].numel(), reverse=True)[:largest]  # Fabric's prefix dropped:
-    return {"all": sum(changed.values()) / sum(tensor.numel() for tensor in initial.values()),
-            **{name.removeprefix("_forward_module."): changed[name] / initial[name].numel() for name in biggest}}
-
-
 # ---------------------------------------------------------------- what the run prints and measures
 
 
@@ -288,24 +275,18 @@ def print_once(*values, **kwargs):  # on the first process only, so a multi-GPU 
         print(*values, **kwargs, flush=True)
 
 
-def versions():  # the versions that the numbers depend on, printed at start and kept in the record
-    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "torchvision", "lightning")}}
-
-
 def device_name(device):  # the GPU's name, or the CPU's model name and its thread count
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = re.search(r"^model name\s*: (.*)$", CPUINFO, re.MULTILINE)
-    cpu = cpu[1] if cpu else platform.processor() or platform.machine()
-    return f"{cpu} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"{device.type}: {cpu}"
+    return f"{CPU_NAME} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"{device.type}: {CPU_NAME}"
 
 
 def print_setup(args, precision, device):
     """Print versions and the device; refuse bfloat16 on a GPU without it; say where a CPU emulates 16-bit matmuls."""
     if device.type == "cuda" and "bf16" in precision and not torch.cuda.is_bf16_supported(including_emulation=False):
-        fail(f"{precision} needs native bfloat16, which {device_name(device)} lacks (it arrived with Ampere, "
-             "compute capability 8.0); run 02_fabric_16mixed.py (16-mixed) on this GPU instead")
-    print_once("\n".join(f"{name:<11}: {value}" for name, value in versions().items()))
+        fail(f"{precision} needs native bfloat16, which {device_name(device)} lacks (Ampere and newer GPUs have it); "
+             "run 02_fabric_16mixed.py (16-mixed) on this GPU instead")
+    print_once("\n".join(f"{name:<11}: {value}" for name, value in VERSIONS.items()))
     print_once(f"Device: {device_name(device)} x {world_size()} process(es) | Model: {args.model} | "
                f"Precision asked for: {precision} | float32 matmul precision: {args.matmul_precision}")
     half, units = ("float16", "amx_fp16 avx512_fp16 fphp") if precision == "16-true" else ("bfloat16", "amx_bf16 avx512_bf16 bf16")
@@ -321,13 +302,12 @@ def watch_dtypes(model, precision, device):
 
     def record(head, inputs, output):  # named from what the run computes in: float32 weights with 16-bit matmuls: mixed
         hook.remove()
-        mixed = head.weight.dtype == torch.float32 and output.dtype != torch.float32
+        mixed = head.weight.dtype == torch.float32 != output.dtype  # float32 weights, 16-bit matmuls
         in_effect = f"{short[output.dtype]}-mixed" if mixed else f"{short[head.weight.dtype]}-true"
         dtypes.update(weight=head.weight.dtype, matmul=output.dtype, in_effect=in_effect)
         why = " (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)" if precision == "16-mixed" \
             and device.type == "cpu" else "" if in_effect == precision else " (differs from the request)"
-        print_once(f"Precision in effect: {in_effect}{why} | weights {str(head.weight.dtype)[6:]}, "
-                   f"matmul outputs {str(output.dtype)[6:]}")
+        print_once(f"Precision in effect: {in_effect}{why} | weights {str(head.weight.dtype)[6:]}, matmul outputs {str(output.dtype)[6:]}")
 
     hook = getattr(model, "module", model).heads.head.register_forward_hook(record)
     return dtypes
@@ -341,7 +321,7 @@ def synchronize(device):
 
 def speed(images_per_s, seconds_per_step):
     """Images/s with at least three significant digits; seconds per step beside it when a step takes a second or more."""
-    return (f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:.3g}") + " img/s" + (
+    return (f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:#.3g}") + " img/s" + (
         f" ({seconds_per_step:.2f} s/step)" if seconds_per_step >= 1 else "")
 
 
@@ -430,16 +410,19 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
         steady.update(images_per_s=metrics.get("samples_per_sec", metrics["device/samples_per_sec"]),
                       mfu=metrics.get("device/mfu"), seconds_per_step=timer.steady_time / timer.steady_steps,
                       data_wait_share=timer.data_wait / timer.steady_time)
-        mfu = f"MFU: {steady['mfu']:.1%}" if steady["mfu"] is not None else "MFU: none (" + (
-            "a CPU has no datasheet peak FLOP/s)" if device.type == "cpu" else "no peak FLOP/s known for this device)")
+        mfu = f"{steady['mfu']:.1%}" if steady["mfu"] else f"none (no datasheet peak FLOP/s for this {device.type.upper()})"
         line += (f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} over {timer.steady_steps}"
-                 f" steps, {steady['data_wait_share']:.1%} of their time waiting for data | {mfu}")
+                 f" steps, {steady['data_wait_share']:.1%} of their time waiting for data | MFU: {mfu}")
     peak_gb, memory_line = peak_memory(device, memory_baseline)
     print_once(f"{line}\nPeak memory: {memory_line}")
     if not diverged_at:
         print_once(" | ".join(f"{key.split('_')[0].title()} acc.: {value:.2%}" for key, value in accuracies.items()))
-    changed = changed_shares(model, initial_weights) if initial_weights is not None else None
-    if changed:
+    changed = None
+    if initial_weights is not None:  # the share of weight elements that training changed: overall, 3 largest tensors
+        same = {name.removeprefix("_forward_module."): (p.detach().cpu() == initial_weights[name]).float()
+                for name, p in model.named_parameters()}
+        changed = {"all": 1 - sum(s.sum().item() for s in same.values()) / sum(s.numel() for s in same.values()),
+                   **{name: 1 - s.mean().item() for name, s in sorted(same.items(), key=lambda item: -item[1].numel())[:3]}}
         print_once("Weights changed by training: " + ", ".join(f"{name} {share:.1%}" for name, share in changed.items()))
     record = dict(
         script=Path(sys.argv[0]).name, precision=dtypes.get("in_effect"), precision_requested=precision, device=device.type,
@@ -449,7 +432,7 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
         train_images=timer.steps * args.batch_size * world_size(), **steady,  # every process takes the same steps
         peak_memory_gb=peak_gb, memory_measure=memory_line, weight_dtype=str(dtypes.get("weight"))[6:] or None,
         matmul_output_dtype=str(dtypes.get("matmul"))[6:] or None, **accuracies, diverged=diverged_at is not None,
-        diverged_at=diverged_at, changed_share=changed, versions=versions())
+        diverged_at=diverged_at, changed_share=changed, versions=VERSIONS)
     if args.results and rank() == 0:
         append_record(args.results, {key: None if value != value else value for key, value in record.items()})  # NaN: null
         print_once(f"Results appended to {args.results}")
@@ -485,9 +468,8 @@ def first_nonfinite(model, features, step):
     parameters = list(module.named_parameters())
     weights = [name for name, p in parameters if not p.isfinite().all()]
     gradients = [name for name, p in parameters if p.grad is not None and not p.grad.isfinite().all()]
-    first = gradients or weights or [""]
-    where = f"(first parameter {first[0]}, {len(gradients or weights)} of {len(parameters)} parameter tensors)"
     if weights:
+        where = f"(first parameter {(gradients or weights)[0]}, {len(gradients or weights)} of {len(parameters)} parameter tensors)"
         return (f"the gradients of step {step - 1} were non-finite first {where}, and the optimizer step wrote them into "
                 "the weights" if gradients else f"the weights turned non-finite in optimizer step {step - 1} although "
                 f"its gradients were finite {where}, so the loss of step {step} is NaN")

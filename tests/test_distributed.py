@@ -2,6 +2,7 @@
 
 import os
 import re
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch.multiprocessing as mp
 from conftest import run_script
 
 import local_utilities
-from local_utilities import ShardedEvalSampler, all_finite, compute_accuracy
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from local_utilities import all_finite, compute_accuracy
 
 TWO_CPU_PROCESSES = ["--quick", "--max-steps", "20", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
 
@@ -46,19 +48,24 @@ def start_process(rank, function, store_path, *args):
         dist.destroy_process_group()
 
 
+def linear_classifier():
+    """A 3 -> 4 linear classifier, its layer where a torchvision ViT keeps its head (compute_accuracy counts classes there)."""
+    return torch.nn.Sequential(OrderedDict(heads=torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(3, 4)))))
+
+
 def check_sharded_accuracy(rank, features, targets, expected):
     dataset = torch.utils.data.TensorDataset(features, targets)
-    sampler = ShardedEvalSampler(dataset)
+    sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # what get_dataloaders gives each process
     assert len(sampler) == (4 if rank == 0 else 3)  # 7 samples: no padding, none dropped
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler)
     torch.manual_seed(0)
-    assert compute_accuracy(torch.nn.Linear(3, 4), loader) == expected
+    assert compute_accuracy(linear_classifier(), loader) == expected
 
 
 def test_sharded_accuracy_equals_single_process_accuracy_on_an_uneven_split(tmp_path):
     features, targets = torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0, 1, 2])
     torch.manual_seed(0)
-    single = compute_accuracy(torch.nn.Linear(3, 4), torch.utils.data.DataLoader(
+    single = compute_accuracy(linear_classifier(), torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(features, targets), batch_size=2))
     assert 0 < single < 1  # some right, some wrong: a dropped or doubled sample would change it
     in_two_processes(check_sharded_accuracy, tmp_path, features, targets, single)

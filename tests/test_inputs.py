@@ -208,8 +208,8 @@ def test_16bit_grayscale_trains_to_full_test_accuracy(sixteen_bit_run):
 
 def test_train_and_val_without_test_trains_and_says_which_folder_is_which(sixteen_bit_run):
     (returncode, stdout, _, records), *_ = sixteen_bit_run
-    assert returncode == 0 and "Validation: a seeded 10% of train/ (3 images) | test: val/" in stdout
-    assert (records[-1]["val_split"], records[-1]["test_split"]) == ("a seeded 10% of train/ (3 images)", "val/")
+    assert returncode == 0 and "Validation: a seeded 10% of train/ (3 of 32 images) | test: val/" in stdout
+    assert (records[-1]["val_split"], records[-1]["test_split"]) == ("a seeded 10% of train/ (3 of 32 images)", "val/")
 
 
 def test_a_results_link_to_a_read_only_file_stays_a_link_and_the_file_keeps_its_mode(sixteen_bit_run):
@@ -227,7 +227,7 @@ def test_a_training_split_smaller_than_a_batch_names_the_largest_batch_size_that
         image.unlink()
     flags = ["--quick", "--data-dir", str(tree)]
     assert refusal(flags, capsys) == (
-        f"error: the training split of {tree}/train/ (validation: a seeded 10% of train/ (1 images)) has {largest} "
+        f"error: the training split of {tree}/train/ (validation: a seeded 10% of train/ (1 of {images} images)) has {largest} "
         f"images, fewer than one batch of 32 x 1 device(s); add images, or use --batch-size {largest} or less")
     assert len(get_dataloaders(parse_args([*flags, "--batch-size", str(largest)]))[0]) == 1  # and that size works
 

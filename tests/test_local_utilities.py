@@ -10,7 +10,7 @@ from conftest import write_image_tree
 
 import local_utilities
 from local_utilities import (StepTimer, append_record, compute_accuracy, divergence_advice, get_dataloaders,
-                             parse_args, peak_flops, precision_in_effect, print_setup, speed, steady_state)
+                             parse_args, peak_flops, print_setup, report, speed, watch_dtypes)
 
 
 def indices(subset):
@@ -55,7 +55,7 @@ def test_image_folder_tree_loads_with_its_classes_and_splits_val_from_train(imag
     assert num_classes == 3 and test_loader.dataset.classes == ["cat", "dog", "frog"]
     assert (len(train_loader.dataset), len(val_loader.dataset)) == (33, 3)  # a seeded 10% of 36 images
     assert not indices(train_loader.dataset) & indices(val_loader.dataset)
-    assert (args.val_split, args.test_split) == ("a seeded 10% of train/ (3 images)", "test/")
+    assert (args.val_split, args.test_split) == ("a seeded 10% of train/ (3 of 36 images)", "test/")
     features, _ = next(iter(test_loader))
     assert features.shape[1:] == (3, 32, 32)  # --quick resizes to the small model's input
 
@@ -67,11 +67,12 @@ def test_image_folder_val_folder_is_used_when_present(tmp_path):
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model whose logits say class 0 for even features and class 1 for odd ones."""
+    """A stand-in model whose logits say class 0 for even features and class 1 for odd ones; a ViT-like 2-class head."""
 
     def __init__(self):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.heads = torch.nn.Sequential()
+        self.heads.head = torch.nn.Linear(1, 2)
 
     def forward(self, features):
         odd = features.remainder(2)
@@ -85,12 +86,16 @@ def test_accuracy_matches_a_hand_computed_case():
     assert compute_accuracy(FixedLogits(), loader) == pytest.approx(0.8)
 
 
-def test_precision_in_effect_is_named_from_the_dtypes():
-    assert precision_in_effect(torch.float32, torch.float32) == "32-true"
-    assert precision_in_effect(torch.float32, torch.float16) == "16-mixed"
-    assert precision_in_effect(torch.float32, torch.bfloat16) == "bf16-mixed"
-    assert precision_in_effect(torch.bfloat16, torch.bfloat16) == "bf16-true"
-    assert precision_in_effect(torch.float16, torch.float16) == "16-true"
+@pytest.mark.parametrize("weights, autocast, in_effect", [
+    (torch.float32, None, "32-true"), (torch.float32, torch.float16, "16-mixed"),
+    (torch.float32, torch.bfloat16, "bf16-mixed"), (torch.bfloat16, None, "bf16-true"), (torch.float16, None, "16-true")])
+def test_precision_in_effect_is_named_from_the_dtypes_of_the_first_forward_pass(capsys, weights, autocast, in_effect):
+    model = FixedLogits().to(weights)
+    dtypes = watch_dtypes(model, in_effect, torch.device("cuda"))  # the device only names it
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        model.heads.head(torch.ones(3, 1, dtype=weights))
+    assert dtypes["in_effect"] == in_effect and dtypes["weight"] == weights
+    assert f"Precision in effect: {in_effect} | weights {str(weights)[6:]}" in capsys.readouterr().out
 
 
 def test_results_are_appended_one_json_line_per_run(tmp_path):
@@ -157,7 +162,7 @@ def test_bf16_on_a_gpu_without_native_bf16_is_refused(monkeypatch, capsys):
     ("fp asimd fphp asimdhp bf16", "bf16-true", False),  # Arm with the BF16 extension
 ])
 def test_cpu_without_16bit_matrix_units_gets_a_note_at_start(monkeypatch, capsys, flags, precision, noted):
-    monkeypatch.setattr(local_utilities, "cpu_info", lambda field: flags if field in ("flags", "Features") else "CPU")
+    monkeypatch.setattr(local_utilities, "CPUINFO", f"model name\t: Some CPU\nflags\t\t: {flags}\n")
     print_setup(parse_args(["--quick"]), precision, torch.device("cpu"))
     out = capsys.readouterr().out
     assert ("Note: this CPU has no" in out and f"so {precision} is emulated and slower than 32-true here" in out) == noted
@@ -197,11 +202,11 @@ def test_speeds_keep_three_significant_digits_and_slow_steps_show_seconds(images
 
 def test_time_left_leaves_the_slow_warmup_out_and_carries_seconds_into_minutes():
     timer = StepTimer(total_steps=12, warmup_steps=2, images_per_step=32)
-    for step_time in (40.0, 20.0):  # warm-up: first-call kernels and allocations
-        timer.add(step_time, data_wait=0.0)
-    assert timer.progress().endswith("| 05:00 left")  # 10 steps at the mean of the steps since the last line, 30 s
+    timer.add(40.0, data_wait=0.0)  # warm-up: first-call kernels and allocations
+    assert timer.progress() == "0.800 img/s (40.00 s/step) | 07:20 left"  # still warming up: 11 steps at the last one's 40 s
+    timer.add(20.0, data_wait=0.0)
     timer.add(5.98, data_wait=0.5)
-    assert timer.progress() == "5.35 img/s (5.98 s/step) | 00:54 left"  # 9 steps at 5.98 s: 53.8 s
+    assert timer.progress() == "5.35 img/s (5.98 s/step) | 00:54 left"  # 9 steps at the steady 5.98 s: 53.8 s
     timer.add(6.02, data_wait=0.5)
     assert timer.progress().endswith("| 00:48 left") and timer.steady_steps == 2 and timer.data_wait == 1.0
     timer = StepTimer(total_steps=2, warmup_steps=0, images_per_step=1)
@@ -209,15 +214,21 @@ def test_time_left_leaves_the_slow_warmup_out_and_carries_seconds_into_minutes()
     assert timer.progress().endswith("| 01:00 left")  # never "00:60"
 
 
-def test_steady_state_uses_lightnings_throughput_and_the_chips_peak(monkeypatch):
+def test_report_measures_the_steady_state_with_lightnings_throughput_and_the_chips_peak(monkeypatch, capsys):
     monkeypatch.setattr(local_utilities, "peak_flops", lambda device, dtype, matmul_precision: 1e10)
     timer = StepTimer(total_steps=15, warmup_steps=5, images_per_step=4)
     for step_time in [1.0] * 5 + [0.5] * 10:
         timer.add(step_time, data_wait=0.05)
-    steady = steady_state(parse_args(["--quick", "--batch-size", "4"]), timer, torch.device("cpu"), torch.float32, 10)
-    assert steady["images_per_s"] == pytest.approx(8.0) and steady["seconds_per_step"] == pytest.approx(0.5)
-    assert steady["data_wait_share"] == pytest.approx(0.1)
-    assert steady["mfu"] == pytest.approx(8.0 * steady["flops_per_image"] / 1e10)
+    args = parse_args(["--quick", "--batch-size", "4"])
+    args.val_split, args.test_split = "val", "test"
+    model = torchvision.models.get_model(local_utilities.TINY_VIT, num_classes=10)
+    record = report(args, "32-true", torch.device("cpu"), timer=timer, train_time=9.0, memory_baseline=None,
+                    dtypes={"matmul": torch.float32}, accuracies=dict(train_acc=1, val_acc=1, test_acc=1),
+                    diverged_at=None, model=model)
+    assert record["images_per_s"] == pytest.approx(8.0) and record["seconds_per_step"] == pytest.approx(0.5)
+    assert record["data_wait_share"] == pytest.approx(0.1) and record["flops_per_image"] > 1e6
+    assert record["mfu"] == pytest.approx(8.0 * record["flops_per_image"] / 1e10)
+    assert "Steady state: 8.00 img/s over 10 steps, 10.0% of their time waiting for data | MFU: " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, dtype, matmul_precision, flops", [

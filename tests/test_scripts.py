@@ -68,7 +68,7 @@ def test_pytorch_to_fabric_diff_is_only_the_fabric_conversion():
     assert "-             loss.backward()" in changes and "+             fabric.backward(loss)" in changes
     assert "+     with fabric.init_module():" in changes and "-     with torch.device(device):" in changes
     prints = [line for line in changes if re.match(r"[-+] +(fabric\.)?print\(", line)]
-    assert len(prints) == 6  # the progress, epoch and divergence lines: print -> fabric.print, nothing else
+    assert len(prints) == 8  # the steps, progress, epoch and divergence lines: print -> fabric.print, nothing else
 
 
 @pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
@@ -136,8 +136,8 @@ def test_run_prints_versions_device_progress_time_memory_and_accuracy(quick_runs
                     r"Epoch: 003/003 \| Batch 0070/0070 \| .* \| 00:00 left",
                     r"Epoch: 003/003 \| Train acc\.: [\d.]+% \| Val acc\.: [\d.]+%",
                     r"Training time: [\d.]+ min \([\d.]+ s\), including the per-epoch validation \| Steady state: "
-                    r"[\d.]+ img/s.* over 205 steps, [\d.]+% of their time waiting for data \| MFU: none \(a CPU has "
-                    r"no datasheet peak FLOP/s\)",
+                    r"[\d.]+ img/s.* over 205 steps, [\d.]+% of their time waiting for data \| MFU: none \(no "
+                    r"datasheet peak FLOP/s for this CPU\)",
                     r"Peak memory: [\d.]+ GB peak RSS growth .*absolute peak RSS",
                     r"Train acc\.: [\d.]+% \| Val acc\.: [\d.]+% \| Test acc\.: [\d.]+%"]:
         assert re.search(pattern, stdout), pattern
