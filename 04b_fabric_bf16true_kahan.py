@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torchmetrics.classification import MulticlassAccuracy
-from optimi import Adam  # torch-optimi: Kahan summation by default for bfloat16 weights
+from optimi import Adam  # torch-optimi's Adam keeps the updates bfloat16 rounds away (Kahan summation)
 
 from local_utilities import (DIVERGED_EXIT_CODE, StepTimer, all_finite, compute_accuracy, divergence_advice,
                              first_nonfinite, get_dataloaders, parse_args, pretrained_weights, print_setup, report,
@@ -83,7 +83,7 @@ if __name__ == "__main__":
     with fabric.init_module():
         model = torchvision.models.get_model(args.model, weights=weights)
         model.heads.head = torch.nn.Linear(model.heads.head.in_features, num_classes)
-    optimizer = Adam(model.parameters(), lr=args.learning_rate)  # updates below a bfloat16 step are kept
+    optimizer = Adam(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8)  # torch's defaults
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
     model, optimizer = fabric.setup(model, optimizer)
     train_loader, val_loader, test_loader = fabric.setup_dataloaders(train_loader, val_loader, test_loader)

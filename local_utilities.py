@@ -82,7 +82,7 @@ def parse_args(argv=None):
         (args.max_steps and args.epochs, "--max-steps trains one epoch of at most that many steps; drop --epochs"),
         (args.data_dir and not args.data_dir.is_dir(), f"--data-dir {args.data_dir} is not a folder"),
         (no_accelerator.get(args.accelerator), f"--accelerator {args.accelerator} was asked for, but this machine has none; use --accelerator cpu or auto"),
-        (args.strategy == "fsdp" and (args.accelerator == "cpu" or no_accelerator["cuda"]), "--strategy fsdp needs GPUs"),
+        (args.strategy == "fsdp" and (args.accelerator == "cpu" or no_accelerator["cuda"]), "--strategy fsdp needs CUDA GPUs; use ddp"),
         (args.results and args.results.is_dir(), f"--results {args.results} is a folder; name a file in it"),
         (existing and (existing != args.results and not existing.is_dir() or not os.access(existing, os.W_OK)),
          f"--results {args.results} cannot be written: {existing} is not a writable {'file' if existing == args.results else 'folder'}")]:

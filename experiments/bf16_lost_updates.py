@@ -9,7 +9,7 @@ Pretrains a small ViT in float32 on a generated image task, finetunes copies of 
 at several learning rates and precisions, and prints a Markdown table of test accuracy and the share of backbone
 weights that changed at all. CPU only, generated data: nothing to download.
 
-Run: python experiments/bf16_lost_updates.py [--epochs N] [--lrs 5e-5 2e-4 1e-3] [--seed S] [--tiny]
+Run: python experiments/bf16_lost_updates.py [--epochs N] [--lrs 5e-5 2e-4 1e-3] [--seed S] [--tiny] [--vit-l-16]
 (about 90 s on 2 CPU cores; --tiny, which tests/test_bf16_lost_updates.py runs, takes a second after the imports)
 """
 
@@ -135,6 +135,8 @@ if __name__ == "__main__":
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 2e-4, 1e-3], help="Adam learning rates")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run of the same code on tiny sizes")
+    parser.add_argument("--vit-l-16", action="store_true", help="also count vit_l_16's weights above each threshold, "
+                        "at torchvision's initialisation (its ImageNet weights need a download; 1.2 GB of memory)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keeps Fabric's AMP notice out of the table
     size = SIZES["tiny" if args.tiny else "default"]
@@ -157,6 +159,12 @@ if __name__ == "__main__":
     for lr in args.lrs:
         share = (backbone_weights.abs() >= lr * 2**9).float().mean().item()
         print(f"lr {lr:g}: updates are lost for |w| >= {lr * 2**9:.4g}: {share:.0%} of the pretrained backbone weights")
+    if args.vit_l_16:  # the reference's model: randomly initialised, as no pretrained weights can be downloaded here
+        weights = torch.cat([p.detach().flatten() for name, p in torchvision.models.vit_l_16().named_parameters()
+                             if not name.startswith("heads.")])
+        print(f"vit_l_16 at torchvision's initialisation (not its ImageNet weights), {weights.numel():,} backbone weights, "
+              f"median |w| {weights.abs().median():.3g}: " + ", ".join(
+                  f"{(weights.abs() >= lr * 2**9).float().mean():.1%} at or above the threshold of lr {lr:g}" for lr in args.lrs))
     print("Adam's updates are at most about lr and mostly smaller, so more weights than these stay unchanged.")
 
     # 3 Finetune on task 2 in every setting

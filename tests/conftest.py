@@ -1,7 +1,10 @@
 """Shared fixtures: the quick runs of every numbered script, and a generated image-folder tree."""
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +29,20 @@ def run_script(script, *flags, cwd, threads=None):
                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     return process.returncode, process.stdout, process.stderr, records
+
+
+def refusal_in_process(script, *flags):
+    """Run a script in this process, as `python SCRIPT FLAGS` does, until it stops before training: (exit status,
+    stderr). For refusals only: a process start (importing Lightning) costs about 5 s, this costs nothing."""
+    argv, stderr = sys.argv, io.StringIO()
+    sys.argv = [str(ROOT / script), *flags]
+    try:
+        with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    code = stop.value.code  # sys.exit("message") prints the message and exits with status 1
+    return (1, stderr.getvalue() + code + "\n") if isinstance(code, str) else (code, stderr.getvalue())
 
 
 @pytest.fixture(scope="session")

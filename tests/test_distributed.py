@@ -36,7 +36,8 @@ def test_divergence_stops_both_processes_together(tmp_path):
 
 def in_two_processes(function, tmp_path, *args):
     """Run function(rank, *args) in two gloo processes; fail if either fails."""
-    mp.spawn(start_process, args=(function, str(tmp_path / "store"), *args), nprocs=2, join=True)
+    mp.start_processes(start_process, args=(function, str(tmp_path / "store"), *args), nprocs=2, join=True,
+                       start_method="fork")  # fork: the children need not import torch again
 
 
 def start_process(rank, function, store_path, *args):

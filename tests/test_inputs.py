@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, run_script, write_image_tree
+from conftest import ROOT, refusal_in_process, run_script, write_image_tree
 from PIL import Image
 
 import local_utilities
@@ -374,7 +374,7 @@ def test_offline_weights_message_suggests_only_what_works_with_the_flags_given(t
 def test_a_missing_accelerator_is_refused_in_one_sentence_by_every_kind_of_script(tmp_path, script, accelerator):
     if {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}[accelerator]:
         pytest.skip(f"this machine has {accelerator}")
-    returncode, _, stderr, _ = run_script(script, "--quick", "--accelerator", accelerator, cwd=tmp_path)
+    returncode, stderr = refusal_in_process(script, "--quick", "--accelerator", accelerator)
     assert returncode == 2 and stderr.splitlines()[-1] == (
         f"{script}: error: --accelerator {accelerator} was asked for, but this machine has none; use --accelerator cpu "
         "or auto")
