@@ -100,6 +100,7 @@ if __name__ == "__main__":
     accuracies["test_acc"] = compute_accuracy(model, test_loader) if diverged_at is None else float("nan")
     report(args, PRECISION, fabric.device, timer=timer, train_time=train_time, memory_baseline=memory_baseline,
            dtypes=dtypes, accuracies=accuracies, diverged_at=diverged_at, model=model, initial_weights=initial)
+    fabric.barrier()  # every process gets here before any exits: one that leaves first can abort the others' teardown
     if diverged_at is not None:
         fabric.print(f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)
