@@ -20,7 +20,7 @@ def train(args, model, optimizer, scheduler, train_loader, val_loader, num_class
     """Finetune; return the step timer, the last epoch's accuracies and, if the run diverged, where NaN appeared."""
     steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))
     if args.max_steps and steps < args.max_steps:
-        fabric.print(f"Training {steps} of the {args.max_steps} steps asked for: --max-steps trains one epoch, and it has {steps} batches")
+        fabric.print(f"Training {steps} of the {args.max_steps} steps asked for: one epoch of this data has {steps} batches")
     timer = StepTimer(steps, args.warmup_steps, args.batch_size * fabric.world_size)  # times each step after warm-up
     train_accuracy = MulticlassAccuracy(num_classes, average="micro").to(fabric.device)
     for epoch in range(args.epochs):
