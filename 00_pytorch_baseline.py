@@ -18,7 +18,7 @@ PRECISION = "32-true"  # float32 weights, activations, gradients and optimizer s
 
 def train(args, model, optimizer, scheduler, train_loader, val_loader, num_classes, device):
     """Finetune; return the step timer, the last epoch's accuracies and, if the run diverged, where NaN appeared."""
-    steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))
+    steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))  # --max-steps: 1 epoch
     if args.max_steps and steps < args.max_steps:
         print(f"Training {steps} of the {args.max_steps} steps asked for: one epoch of this data has {steps} batches")
     timer = StepTimer(steps, args.warmup_steps, args.batch_size)  # times each step after warm-up
@@ -64,7 +64,7 @@ if __name__ == "__main__":
     torch.set_float32_matmul_precision(args.matmul_precision)
     L.seed_everything(123, verbose=False)
 
-    # 1 Pick the device: a CUDA GPU, else Apple's MPS GPU, else the CPU (parse_args refused a missing one)
+    # 1 Pick the device: a CUDA GPU, else Apple's MPS GPU, else the CPU (parse_args has refused any that is missing)
     if args.devices > 1 or args.num_nodes > 1 or args.strategy != "auto":
         sys.exit("error: 00_pytorch_baseline.py trains on one device; use a Fabric script (01-05) for several")
     if args.accelerator == "auto":

@@ -18,7 +18,7 @@ PRECISION = "32-true"  # float32 weights, activations, gradients and optimizer s
 
 def train(args, model, optimizer, scheduler, train_loader, val_loader, num_classes, fabric):
     """Finetune; return the step timer, the last epoch's accuracies and, if the run diverged, where NaN appeared."""
-    steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))
+    steps = min(args.max_steps or args.epochs * len(train_loader), args.epochs * len(train_loader))  # --max-steps: 1 epoch
     if args.max_steps and steps < args.max_steps:
         fabric.print(f"Training {steps} of the {args.max_steps} steps asked for: one epoch of this data has {steps} batches")
     timer = StepTimer(steps, args.warmup_steps, args.batch_size * fabric.world_size)  # times each step after warm-up

@@ -315,8 +315,7 @@ def watch_dtypes(model, precision, device):
 
 def synchronize(device):
     """Wait until the accelerator has finished its queued work (CPU work is already done when Python returns)."""
-    if device.type in ("cuda", "mps"):
-        getattr(torch, device.type).synchronize()
+    getattr(torch, device.type).synchronize()  # torch.cuda, torch.mps or torch.cpu
 
 
 def speed(images_per_s, seconds_per_step):
@@ -442,7 +441,8 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
 def append_record(path, record):
     """Append one JSON line to `path` under a lock on the file itself: concurrent runs keep every record, each whole."""
     with open(path, "a") as file:  # "a" follows a symbolic link and keeps the file and its mode; no lock file beside it
-        os.lockf(file.fileno(), os.F_LOCK, 0)  # waits for another run's append; released when the file closes
+        if hasattr(os, "lockf"):  # POSIX; Windows has no lockf, and appends there go unlocked
+            os.lockf(file.fileno(), os.F_LOCK, 0)  # waits for another run's append; released when the file closes
         file.write(json.dumps(record) + "\n")
 
 

@@ -10,6 +10,7 @@ at several learning rates and precisions, and prints a Markdown table of test ac
 weights that changed at all. CPU only, generated data: nothing to download.
 
 Run: python experiments/bf16_lost_updates.py [--epochs N] [--lrs 5e-5 2e-4 1e-3] [--seed S] [--tiny] [--vit-l-16]
+     [--zero-head]
 (about 90 s on 2 CPU cores; --tiny, which tests/test_bf16_lost_updates.py runs, takes a second after the imports)
 """
 
@@ -99,7 +100,7 @@ def backbone(model):
     return {name: param for name, param in model.named_parameters() if not name.startswith("heads.")}
 
 
-def run_cell(setting, lr, pretrained, size, epochs, seed):
+def run_cell(setting, lr, pretrained, size, epochs, seed, zero_head=False):
     """Finetune the pretrained ViT on task 2 under one SETTINGS column; return (test accuracy, changed share).
 
     The changed share counts the backbone weight elements that differ from their pretrained value cast to the
@@ -112,6 +113,8 @@ def run_cell(setting, lr, pretrained, size, epochs, seed):
         model = vit(size)
         model.load_state_dict(pretrained)
         model.heads.head = torch.nn.Linear(size["hidden"], 10)  # a new head, as the numbered scripts make
+        if zero_head:  # small weights that bfloat16 can still move, to separate the head's loss from the backbone's
+            torch.nn.init.zeros_(model.heads.head.weight)
     initial = {name: pretrained[name].to(param.dtype) for name, param in backbone(model).items()}
     model, optimizer = fabric.setup(model, optimizer_class(model.parameters(), lr=lr))
     train(fabric, model, optimizer, generated_task(2, size["train_images"], seed), epochs, seed)
@@ -135,6 +138,7 @@ if __name__ == "__main__":
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 2e-4, 1e-3], help="Adam learning rates")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run of the same code on tiny sizes")
+    parser.add_argument("--zero-head", action="store_true", help="start the new head's weights at zero")
     parser.add_argument("--vit-l-16", action="store_true", help="also count vit_l_16's weights above each threshold, "
                         "at torchvision's initialisation (its ImageNet weights need a download; 1.2 GB of memory)")
     args = parser.parse_args()
@@ -173,6 +177,6 @@ if __name__ == "__main__":
     print("| lr | " + " | ".join(SETTINGS) + " |")
     print("| --- |" + " --- |" * len(SETTINGS))
     for lr in args.lrs:
-        cells = [run_cell(setting, lr, pretrained, size, epochs, args.seed) for setting in SETTINGS]
+        cells = [run_cell(setting, lr, pretrained, size, epochs, args.seed, args.zero_head) for setting in SETTINGS]
         print(f"| {lr:g} | " + " | ".join(f"{acc:.1%} / {changed:.0%}" for acc, changed in cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s in all")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call, under 8 minutes on one H200: versions, the measured bf16 matmul ceiling, then the
+# One run of under 8 minutes on one H200: versions, the measured bf16 matmul ceiling, then the
 # benchmark runner's speed-and-memory mode for vit_l_16 at 224 (generated data, no download, batch 32
 # as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT: run.log,
-# ceiling.json and the runner's results.{jsonl,md,png} in medium/ and highest/ (8 files, the device tool's limit).
+# ceiling.json and the runner's results.{jsonl,md,png} in medium/ and highest/ (8 files).
 #   usage: OUT=/some/folder bash experiments/gpu_check.sh
 set -uo pipefail
 export OUT=${OUT:-results/gpu}
@@ -31,6 +31,7 @@ print(f"bf16 matmul ceiling: {tflops:.0f} TFLOP/s")
 json.dump({"bf16_matmul_tflops": tflops}, open(os.path.join(os.environ["OUT"], "ceiling.json"), "w"))
 PY
 } 2>&1 | tee "$OUT/run.log"
+# 4 loader workers assemble the next batches while the GPU steps, as a real data pipeline would
 common=(--synthetic --model vit_l_16 --batch-size 32 --max-steps "$steps" --warmup-steps 10 --num-workers 4)
 python3 benchmark.py --out "$OUT/medium" "${common[@]}" --matmul-precision medium 2>&1 | tee -a "$OUT/run.log"
 python3 benchmark.py --out "$OUT/highest" --scripts 01 04 "${common[@]}" --matmul-precision highest 2>&1 | tee -a "$OUT/run.log"
@@ -44,5 +45,5 @@ for mode in ("medium", "highest"):
         if r["images_per_s"]:
             mfu = r["images_per_s"] * r["flops_per_image"] / ceiling
             print(f"{mode:8} {r['script']:32} {r['images_per_s']:8.1f} img/s  "
-                  f"{r['flops_per_image'] / 1e9:.0f} GFLOP/image  MFU vs measured ceiling {mfu:.1%}")
+                  f"{r['flops_per_image'] / 1e9:.0f} GFLOP/image  MFU vs the measured bf16 ceiling {mfu:.1%}")
 PY

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
