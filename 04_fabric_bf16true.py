@@ -1,5 +1,5 @@
 # Finetune torchvision's vit_l_16 (ImageNet weights, a new head) on CIFAR-10; report training time, memory and accuracy.
-# Lightning Fabric at the PRECISION set below; diff this script with its neighbours to see the one change.
+# Lightning Fabric at the PRECISION set below; diff this script with its neighbours to see what changes.
 import sys
 import time
 

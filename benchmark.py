@@ -28,6 +28,8 @@ BELOW_RESOLUTION = "below resolution"
 RECORD_KEYS = ("script", "precision", "device_name", "world_size", "model", "data", "epochs", "batch_size",
                "steps", "matmul_precision", "train_time_s", "images_per_s", "data_wait_share", "peak_memory_gb",
                "memory_measure", "train_acc", "val_acc", "test_acc", "diverged", "versions")  # what the runner reads
+NUMBER_KEYS = ("world_size", "epochs", "batch_size", "steps", "train_time_s", "images_per_s", "data_wait_share",
+               "peak_memory_gb", "train_acc", "val_acc", "test_acc")
 
 
 def parse_args(argv):
@@ -51,6 +53,8 @@ def parse_args(argv):
         parser.error(f"--from-results runs no script; drop {shlex.join(script_args or ['--scripts'])}")
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder for results.jsonl, results.md and results.png")
     if args.from_results:  # read here, so that a bad file stops the runner with one sentence, like a bad flag
         try:
             args.records = read_results(args.from_results)
@@ -94,6 +98,9 @@ def read_results(path):
         missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else ["every key"]
         if missing:
             raise ValueError(f"{path} line {number} is not a results record: it lacks {', '.join(missing)}")
+        wrong = [key for key in NUMBER_KEYS if not isinstance(record[key], (int, float, type(None)))]
+        if wrong:
+            raise ValueError(f"{path} line {number} is not a results record: {', '.join(wrong)} should be numbers")
         records.append(record)
     if not records:
         raise ValueError(f"{path} holds no records")

@@ -75,7 +75,7 @@ def parse_args(argv=None):
     no_accelerator = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
     for refused, message in [
         (args.learning_rate is not None and not 0 < args.learning_rate < math.inf,
-         f"--learning-rate must be a positive finite number, got {args.learning_rate}"),
+         f"--learning-rate: must be a positive finite number, got {args.learning_rate}"),
         (args.quick and args.synthetic, "--quick and --synthetic pick different data; use one of them"),
         (args.quick and args.model, f"--quick trains its own small model ({TINY_VIT}); drop --model, or drop --quick"),
         (args.synthetic and args.data_dir, "--synthetic generates its own images; drop --data-dir"),
@@ -153,7 +153,7 @@ def check_images(dataset):
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
             fail(f"the image {path} is over Pillow's decompression-bomb limit ({error}); downscale it")
         except (OSError, ValueError, SyntaxError) as error:
-            fail(f"cannot read the image {path} ({error}); delete it or copy it again")
+            fail(f"cannot read the image {path} ({str(error).split(' <_io.')[0]}); delete it or copy it again")
 
 
 def image_folder_splits(data_dir, transform):
@@ -410,8 +410,8 @@ def report(args, precision, device, *, timer, train_time, memory_baseline, dtype
                       mfu=metrics.get("device/mfu"), seconds_per_step=timer.steady_time / timer.steady_steps,
                       data_wait_share=timer.data_wait / timer.steady_time)
         mfu = f"{steady['mfu']:.1%}" if steady["mfu"] else f"none (no datasheet peak FLOP/s for this {device.type.upper()})"
-        line += (f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} over {timer.steady_steps}"
-                 f" steps, {steady['data_wait_share']:.1%} of their time waiting for data | MFU: {mfu}")
+        line += (f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} over {timer.steady_steps} "
+                 f"step{'s' * (timer.steady_steps != 1)}, {steady['data_wait_share']:.1%} of their time waiting for data | MFU: {mfu}")
     peak_gb, memory_line = peak_memory(device, memory_baseline)
     print_once(f"{line}\nPeak memory: {memory_line}")
     if not diverged_at:

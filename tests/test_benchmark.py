@@ -192,13 +192,17 @@ def test_a_lettered_branch_is_also_compared_with_its_parent(capsys):
     (["--from-results", "{file}"], json.dumps(RECORDS[0]) + "\n" + json.dumps({"script": "04.py", "steps": 20}),
      "error: {file} line 2 is not a results record: it lacks precision, device_name, world_size"),
     (["--from-results", "{file}"], "\n", "error: {file} holds no records"),
-], ids=["repeats 0", "missing file", "not JSON", "record lacks keys", "no records"])
+    (["--from-results", "{file}"], json.dumps({**RECORDS[0], "images_per_s": "fast"}) + "\n",
+     "error: {file} line 1 is not a results record: images_per_s should be numbers"),
+    (["--repeats", "2", "--out", "{file}"], "a file\n", "error: --out {file} is a file; give a folder"),
+], ids=["repeats 0", "missing file", "not JSON", "record lacks keys", "no records", "a value not a number",
+        "out is a file"])
 def test_bad_runner_input_stops_with_one_sentence_and_exit_2(tmp_path, capsys, argv, content, message):
     paths = {"missing": tmp_path / "missing.jsonl", "file": tmp_path / "bad.jsonl"}
     if content is not None:
         paths["file"].write_text(content)
     with pytest.raises(SystemExit) as stop:
-        benchmark.main([arg.format(**paths) for arg in argv] + ["--out", str(tmp_path / "out")])
+        benchmark.main(["--out", str(tmp_path / "out")] + [arg.format(**paths) for arg in argv])  # a later --out wins
     assert stop.value.code == 2
     assert message.format(**paths) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # stopped before writing anything

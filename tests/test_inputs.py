@@ -381,8 +381,8 @@ def test_a_missing_accelerator_is_refused_in_one_sentence_by_every_kind_of_scrip
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--learning-rate", "inf"], "--learning-rate must be a positive finite number, got inf"),
-    (["--learning-rate", "nan"], "--learning-rate must be a positive finite number, got nan"),
+    (["--learning-rate", "inf"], "--learning-rate: must be a positive finite number, got inf"),
+    (["--learning-rate", "nan"], "--learning-rate: must be a positive finite number, got nan"),
     (["--max-steps", "2", "--epochs=2"], "--max-steps trains one epoch of at most that many steps; drop --epochs"),
     (["--quick", "--model", "vit_b_16"], "--quick trains its own small model (vit_tiny_32); drop --model, or drop "
      "--quick"),

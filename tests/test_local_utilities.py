@@ -256,9 +256,9 @@ def test_divergence_advice_follows_the_weights_dtype():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--learning-rate", "inf"], "--learning-rate must be a positive finite number, got inf"),
-    (["--learning-rate", "nan"], "--learning-rate must be a positive finite number, got nan"),
-    (["--learning-rate", "0"], "--learning-rate must be a positive finite number, got 0.0"),
+    (["--learning-rate", "inf"], "--learning-rate: must be a positive finite number, got inf"),
+    (["--learning-rate", "nan"], "--learning-rate: must be a positive finite number, got nan"),
+    (["--learning-rate", "0"], "--learning-rate: must be a positive finite number, got 0.0"),
     (["--quick", "--model", "vit_b_16"], "--quick trains its own small model (vit_tiny_32); drop --model"),
     (["--accelerator", "cuda"], "--accelerator cuda was asked for, but this machine has none"),
     (["--epoch", "2"], "unrecognized arguments: --epoch 2"),  # no abbreviations: --epoch is not --epochs

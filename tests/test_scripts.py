@@ -2,6 +2,7 @@
 
 import difflib
 import re
+import subprocess
 
 import pytest
 from conftest import ROOT, SCRIPTS, refusal_in_process, run_script
@@ -47,6 +48,13 @@ def test_kahan_branch_differs_from_04_by_the_import_and_the_optimizer_line():
     assert [line.split("  #")[0] for line in changes] == [
         "+ from optimi import Adam", "-     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)",
         "+     optimizer = Adam(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8)"]
+
+
+def test_readme_shows_the_real_diffs():
+    blocks = re.findall(r"```diff\n\$ diff (\S+) (\S+)\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert len(blocks) >= 3  # 01 -> 04, 04 -> 04b, 03 -> 03b
+    for before, after, shown in blocks:
+        assert shown == subprocess.run(["diff", before, after], cwd=ROOT, capture_output=True, text=True).stdout, after
 
 
 def test_pytorch_to_fabric_diff_is_only_the_fabric_conversion():
