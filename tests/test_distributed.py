@@ -1,6 +1,5 @@
 """Several processes on the CPU (gloo): one report, global counts, exact sharded accuracy, a joint stop."""
 
-import os
 import re
 from collections import OrderedDict
 
@@ -9,9 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import run_script
-
-import local_utilities
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
 from local_utilities import all_finite, compute_accuracy
 
 TWO_CPU_PROCESSES = ["--quick", "--max-steps", "20", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
