@@ -17,9 +17,17 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import local_utilities  # noqa: E402, F401  (registers the --quick model, vit_tiny_32, with torchvision)
 
-MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-           "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_efficient_attention_forward",
-           "aten::_scaled_dot_product_efficient_attention", "aten::_flash_attention_forward", "aten::_flash_attention_backward")
+MATMULS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_efficient_attention_forward",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_flash_attention_forward",
+    "aten::_flash_attention_backward",
+)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--precision", default="32-true")
@@ -47,7 +55,9 @@ def step():
 
 
 step()  # warm-up: first-call allocations and kernel selection stay out of the profile
-activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if fabric.device.type == "cuda" else [])
+activities = [ProfilerActivity.CPU] + (
+    [ProfilerActivity.CUDA] if fabric.device.type == "cuda" else []
+)
 with profile(activities=activities) as profiler:
     for _ in range(args.steps):
         step()
@@ -56,8 +66,14 @@ with profile(activities=activities) as profiler:
 averages = profiler.key_averages()
 sort_key = "self_cuda_time_total" if fabric.device.type == "cuda" else "self_cpu_time_total"
 print(averages.table(sort_by=sort_key, row_limit=12))
-time_of = (lambda event: event.self_device_time_total) if fabric.device.type == "cuda" else (lambda event: event.self_cpu_time_total)
+time_of = (
+    (lambda event: event.self_device_time_total)
+    if fabric.device.type == "cuda"
+    else (lambda event: event.self_cpu_time_total)
+)
 total = sum(time_of(event) for event in averages)
 matmul = sum(time_of(event) for event in averages if event.key in MATMULS)
-print(f"{args.precision}, matmul precision {args.matmul_precision}: {total / args.steps / 1e6:.2f} s per step, "
-      f"{matmul / args.steps / 1e6:.2f} s ({matmul / total:.0%}) of it in matrix multiplications and attention")
+print(
+    f"{args.precision}, matmul precision {args.matmul_precision}: {total / args.steps / 1e6:.2f} s per step, "
+    f"{matmul / args.steps / 1e6:.2f} s ({matmul / total:.0%}) of it in matrix multiplications and attention"
+)

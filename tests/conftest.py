@@ -25,9 +25,17 @@ def run_script(script, *flags, cwd, threads=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    process = subprocess.run([sys.executable, str(ROOT / script), *flags, "--results", str(results)],
-                             cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    process = subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, "--results", str(results)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    records = (
+        [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    )
     return process.returncode, process.stdout, process.stderr, records
 
 
@@ -42,7 +50,9 @@ def refusal_in_process(script, *flags):
     finally:
         sys.argv = argv
     code = stop.value.code  # sys.exit("message") prints the message and exits with status 1
-    return (1, stderr.getvalue() + code + "\n") if isinstance(code, str) else (code, stderr.getvalue())
+    return (
+        (1, stderr.getvalue() + code + "\n") if isinstance(code, str) else (code, stderr.getvalue())
+    )
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +60,9 @@ def quick_runs(tmp_path_factory):
     """Every numbered script's --quick run, two at a time on one thread each: {file name: (rc, out, err, records)}."""
     workdir = tmp_path_factory.mktemp("quick_runs")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = pool.map(lambda script: run_script(script.name, "--quick", cwd=workdir, threads=1), SCRIPTS)
+        runs = pool.map(
+            lambda script: run_script(script.name, "--quick", cwd=workdir, threads=1), SCRIPTS
+        )
         return dict(zip((script.name for script in SCRIPTS), runs))
 
 
@@ -62,7 +74,9 @@ def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "fro
         for name in classes:
             (root / split / name).mkdir(parents=True)
             for index in range(per_class):
-                pixels = (colours[name] + 0.1 * torch.randn(3, 40, 40, generator=generator)).clamp(0, 1)
+                pixels = (colours[name] + 0.1 * torch.randn(3, 40, 40, generator=generator)).clamp(
+                    0, 1
+                )
                 image = Image.fromarray((pixels.permute(1, 2, 0) * 255).to(torch.uint8).numpy())
                 image.save(root / split / name / f"{index}.png")
     return root
@@ -71,3 +85,16 @@ def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "fro
 @pytest.fixture
 def image_tree(tmp_path):
     return write_image_tree(tmp_path / "images")
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits say class 0 for even features and class 1 for odd ones; a ViT-like 2-class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = torch.nn.Sequential()
+        self.heads.head = torch.nn.Linear(1, 2)
+
+    def forward(self, features):
+        odd = features.remainder(2)
+        return torch.stack([1 - odd, odd], dim=1)

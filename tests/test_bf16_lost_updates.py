@@ -4,7 +4,6 @@ import runpy
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SCRIPT = ROOT / "experiments" / "bf16_lost_updates.py"
@@ -22,8 +21,10 @@ def changed_shares(experiment):
     """The share of backbone weights changed by finetuning at LR, per setting, on the tiny sizes."""
     size = experiment["SIZES"]["tiny"]
     pretrained, _ = experiment["pretrain"](size, seed=123)
-    return {setting: experiment["run_cell"](setting, LR, pretrained, size, size["epochs"], seed=123)[1]
-            for setting in ("float32", "bf16-true", "bf16-true + Kahan")}
+    return {
+        setting: experiment["run_cell"](setting, LR, pretrained, size, size["epochs"], seed=123)[1]
+        for setting in ("float32", "bf16-true", "bf16-true + Kahan")
+    }
 
 
 def test_bf16true_changes_far_fewer_weights_than_float32(changed_shares):
@@ -35,7 +36,9 @@ def test_kahan_summation_changes_about_as_many_weights_as_float32(changed_shares
     assert changed_shares["bf16-true + Kahan"] >= changed_shares["float32"] - 0.1
 
 
-def test_tiny_run_prints_the_lost_update_threshold_and_a_table_row_per_learning_rate(monkeypatch, capsys):
+def test_tiny_run_prints_the_lost_update_threshold_and_a_table_row_per_learning_rate(
+    monkeypatch, capsys
+):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--tiny", "--lrs", str(LR)])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out = capsys.readouterr().out

@@ -10,14 +10,27 @@ import torch.multiprocessing as mp
 from conftest import run_script
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-from local_utilities import all_finite, compute_accuracy
+from local_utilities import compute_accuracy
+from nan_check import all_finite
 
-TWO_CPU_PROCESSES = ["--quick", "--max-steps", "20", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+TWO_CPU_PROCESSES = [
+    "--quick",
+    "--max-steps",
+    "20",
+    "--accelerator",
+    "cpu",
+    "--devices",
+    "2",
+    "--strategy",
+    "ddp",
+]
 
 
 @pytest.mark.parametrize("script", ["01_fabric_baseline.py", "04_fabric_bf16true.py"])
 def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tmp_path, script):
-    returncode, stdout, stderr, records = run_script(script, *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1)
+    returncode, stdout, stderr, records = run_script(
+        script, *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1
+    )
     assert returncode == 0, stderr
     assert len(records) == 1 and records[0]["world_size"] == 2
     assert records[0]["train_images"] == 2 * 20 * 32  # both processes' images, 20 steps of 32 each
@@ -26,16 +39,26 @@ def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tm
 
 
 def test_divergence_stops_both_processes_together(tmp_path):
-    returncode, stdout, stderr, records = run_script("03_fabric_16true.py", *TWO_CPU_PROCESSES, cwd=tmp_path,
-                                                     threads=1)
+    returncode, stdout, stderr, records = run_script(
+        "03_fabric_16true.py", *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1
+    )
     assert returncode == 3, stderr
-    assert len(records) == 1 and records[0]["diverged"] and stderr.count("error: training diverged") == 1
+    assert (
+        len(records) == 1
+        and records[0]["diverged"]
+        and stderr.count("error: training diverged") == 1
+    )
 
 
 def in_two_processes(function, tmp_path, *args):
     """Run function(rank, *args) in two gloo processes; fail if either fails."""
-    mp.start_processes(start_process, args=(function, str(tmp_path / "store"), *args), nprocs=2, join=True,
-                       start_method="fork")  # fork: the children need not import torch again
+    mp.start_processes(
+        start_process,
+        args=(function, str(tmp_path / "store"), *args),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )  # fork: the children need not import torch again
 
 
 def start_process(rank, function, store_path, *args):
@@ -49,12 +72,16 @@ def start_process(rank, function, store_path, *args):
 
 def linear_classifier():
     """A 3 -> 4 linear classifier, its layer where a torchvision ViT keeps its head (compute_accuracy counts classes there)."""
-    return torch.nn.Sequential(OrderedDict(heads=torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(3, 4)))))
+    return torch.nn.Sequential(
+        OrderedDict(heads=torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(3, 4))))
+    )
 
 
 def check_sharded_accuracy(rank, features, targets, expected):
     dataset = torch.utils.data.TensorDataset(features, targets)
-    sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # what get_dataloaders gives each process
+    sampler = UnrepeatedDistributedSampler(
+        dataset, shuffle=False
+    )  # what get_dataloaders gives each process
     assert len(sampler) == (4 if rank == 0 else 3)  # 7 samples: no padding, none dropped
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler)
     torch.manual_seed(0)
@@ -62,10 +89,17 @@ def check_sharded_accuracy(rank, features, targets, expected):
 
 
 def test_sharded_accuracy_equals_single_process_accuracy_on_an_uneven_split(tmp_path):
-    features, targets = torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    features, targets = (
+        torch.randn(7, 3, generator=torch.Generator().manual_seed(1)),
+        torch.tensor([0, 1, 2, 3, 0, 1, 2]),
+    )
     torch.manual_seed(0)
-    single = compute_accuracy(linear_classifier(), torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(features, targets), batch_size=2))
+    single = compute_accuracy(
+        linear_classifier(),
+        torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(features, targets), batch_size=2
+        ),
+    )
     assert 0 < single < 1  # some right, some wrong: a dropped or doubled sample would change it
     in_two_processes(check_sharded_accuracy, tmp_path, features, targets, single)
 

@@ -6,15 +6,19 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
-import local_utilities
-from local_utilities import first_nonfinite
+import nan_check
+from nan_check import divergence_advice, first_nonfinite
 
 
 def test_16true_report_names_the_optimizer_step_and_first_parameter(quick_runs):
     stderr = quick_runs["03_fabric_16true.py"][2]
-    assert re.search(r"the weights turned non-finite in optimizer step 1 although its gradients were finite "
-                     r"\(first parameter [\w.]+, \d+ of 44 parameter tensors\), so the loss of step 2 is NaN", stderr)
+    assert re.search(
+        r"the weights turned non-finite in optimizer step 1 although its gradients were finite "
+        r"\(first parameter [\w.]+, \d+ of 44 parameter tensors\), so the loss of step 2 is NaN",
+        stderr,
+    )
 
 
 def test_adam_eps_fix_trains_16true(quick_runs):
@@ -27,7 +31,9 @@ def test_adam_eps_fix_trains_16true(quick_runs):
 def test_adam_eps_of_1e_8_is_zero_in_float16_and_makes_the_first_step_non_finite():
     assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
     weights = torch.zeros(3, dtype=torch.float16, requires_grad=True)
-    weights.grad = torch.tensor([0.0, 1e-3, 1.0], dtype=torch.float16)  # 1e-3 squared underflows in float16
+    weights.grad = torch.tensor(
+        [0.0, 1e-3, 1.0], dtype=torch.float16
+    )  # 1e-3 squared underflows in float16
     torch.optim.Adam([weights], lr=1e-3).step()
     assert torch.isfinite(weights).tolist() == [False, False, True]
 
@@ -50,21 +56,24 @@ def test_report_blames_gradients_that_were_non_finite_before_the_weights():
     model[1].bias.grad[0] = float("nan")
     model[1].bias.data[0] = float("nan")
     where = first_nonfinite(model, torch.ones(2, 4), step=3)
-    assert where.startswith("the gradients of step 2 were non-finite first (first parameter 1.bias, 1 of 4 parameter tensors)")
+    assert where.startswith(
+        "the gradients of step 2 were non-finite first (first parameter 1.bias, 1 of 4 parameter tensors)"
+    )
 
 
 def test_report_blames_the_loss_when_the_forward_pass_is_finite():
     model = torch.nn.Linear(4, 2)
     assert first_nonfinite(model, torch.ones(2, 4), step=1) == (
-        "the loss of step 1 was non-finite although the forward pass was finite")
+        "the loss of step 1 was non-finite although the forward pass was finite"
+    )
 
 
 def final_weights(monkeypatch, script, check):
     """Train a script's quick run in this process; return its final weights."""
     if not check:
-        monkeypatch.setattr(local_utilities, "all_finite", lambda *tensors: True)
+        monkeypatch.setattr(nan_check, "all_finite", lambda *tensors: True)
     monkeypatch.setattr(sys, "argv", [script, "--quick", "--max-steps", "15"])
-    model = runpy.run_path(str(local_utilities.Path(local_utilities.__file__).parent / script), run_name="__main__")["model"]
+    model = runpy.run_path(str(ROOT / script), run_name="__main__")["model"]
     return [parameter.detach().clone() for parameter in model.parameters()]
 
 
@@ -73,3 +82,10 @@ def test_nonfinite_check_changes_no_result_of_a_finite_run(monkeypatch, script):
     with_check = final_weights(monkeypatch, script, check=True)
     without_check = final_weights(monkeypatch, script, check=False)
     assert all(torch.equal(a, b) for a, b in zip(with_check, without_check, strict=True))
+
+
+def test_divergence_advice_follows_the_weights_dtype():
+    assert "03b_fabric_16true_adam_eps.py" in divergence_advice({"weight": torch.float16})
+    for dtype in (torch.float32, torch.bfloat16):
+        advice = divergence_advice({"weight": dtype})
+        assert advice.startswith("lower --learning-rate") and "bf16-true" not in advice

@@ -1,0 +1,94 @@
+"""The NaN check of every training step, and where a NaN or inf first appeared when it fires."""
+
+import torch
+import torch.distributed as dist
+
+from processes import world_size
+
+DIVERGED_EXIT_CODE = 3  # a run that stopped because the loss or the weights turned NaN/inf
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True while every tensor is finite on every process: one small reduction and one sync.
+
+    With several processes, a NaN on any of them makes it False on all, so all stop together.
+    """
+    finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()
+    finite = finite.to(torch.int32)
+    if world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def divergence_message(diverged_at: str, dtypes: dict) -> str:
+    """'error: training diverged: <where>; <what to do>', the advice following the weights' dtype."""
+    return f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}"
+
+
+def divergence_advice(dtypes: dict) -> str:
+    """What to do after a divergence: a lower learning rate, unless the weights are float16."""
+    if dtypes.get("weight") == torch.float16:
+        return (
+            "use bf16-true (04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with "
+            "float16 weights an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)"
+        )
+    return (
+        "lower --learning-rate (the weights are not float16, so float16's narrow range is not "
+        "the cause)"
+    )
+
+
+def first_nonfinite(model: torch.nn.Module, features: torch.Tensor, step: int) -> str:
+    """Where NaN/inf first appeared: the last step's weights or gradients, or this step's forward.
+
+    `step` counts from 1 and is the step whose loss was non-finite; `features` is its batch.
+    """
+    module = getattr(model, "module", model)  # Fabric's wrapper keeps the model as .module
+    parameters = list(module.named_parameters())
+    weights = [name for name, p in parameters if not p.isfinite().all()]
+    gradients = [
+        name for name, p in parameters if p.grad is not None and not p.grad.isfinite().all()
+    ]
+    if weights and gradients:
+        return (
+            f"the gradients of step {step - 1} were non-finite first {first_of(gradients, parameters)}, "
+            "and the optimizer step wrote them into the weights"
+        )
+    if weights:
+        return (
+            f"the weights turned non-finite in optimizer step {step - 1} although its gradients "
+            f"were finite {first_of(weights, parameters)}, so the loss of step {step} is NaN"
+        )
+    culprit = first_nonfinite_module(model, features)
+    if culprit is None:
+        return f"the loss of step {step} was non-finite although the forward pass was finite"
+    return (
+        f"the forward pass of step {step} produced the first non-finite output in module {culprit}"
+    )
+
+
+def first_of(names: list[str], parameters: list) -> str:
+    """'(first parameter NAME, N of M parameter tensors)'."""
+    return f"(first parameter {names[0]}, {len(names)} of {len(parameters)} parameter tensors)"
+
+
+def first_nonfinite_module(model: torch.nn.Module, features: torch.Tensor) -> str | None:
+    """The name of the first module to finish with a non-finite output, or None if all are finite."""
+    culprits = []
+
+    def watch(name):
+        def hook(module, inputs, output):
+            if not culprits and isinstance(output, torch.Tensor) and not output.isfinite().all():
+                culprits.append(name)
+
+        return hook
+
+    modules = getattr(model, "module", model).named_modules()
+    hooks = [module.register_forward_hook(watch(name)) for name, module in modules if name]
+    with torch.no_grad():
+        model(features)
+    for hook in hooks:
+        hook.remove()
+    if not culprits:
+        return None
+    return culprits[0]

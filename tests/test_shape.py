@@ -1,0 +1,275 @@
+"""The shape of the code: each script holds its lesson, neighbours differ by one line, modules stay
+small and plain, and ruff passes. Checked on the syntax tree, so formatting cannot break them."""
+
+import ast
+import difflib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SCRIPTS, run_script
+
+FABRIC_CHAIN = [
+    "01_fabric_baseline.py",
+    "02_fabric_16mixed.py",
+    "03_fabric_16true.py",
+    "04_fabric_bf16true.py",
+    "05_fabric_bf16mixed.py",
+]
+LETTERED = {  # lettered fix: (its parent, the statements it changes or adds)
+    "03b_fabric_16true_adam_eps.py": "03_fabric_16true.py",
+    "04b_fabric_bf16true_kahan.py": "04_fabric_bf16true.py",
+    "04c_fabric_bf16true_compile.py": "04_fabric_bf16true.py",
+}
+MODULES = [
+    "flags.py",
+    "image_files.py",
+    "local_utilities.py",
+    "measurement.py",
+    "model_weights.py",
+    "nan_check.py",
+    "processes.py",
+    "run_record.py",
+]
+COPY_THIS = ["04_fabric_bf16true.py", *MODULES]  # what the README's "Copy this" lists
+
+
+def code_lines(path):
+    """Lines that are neither blank nor comments (docstrings count), as the hook counts them."""
+    lines = path.read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def statements(before, after):
+    """The statements (canonical source, comments dropped) removed from and added to a script."""
+    removed, added = [], []
+    old, new = (canonical_lines(ROOT / name) for name in (before, after))
+    for line in difflib.ndiff(old, new):
+        if line.startswith("- "):
+            removed.append(line[2:].strip())
+        elif line.startswith("+ "):
+            added.append(line[2:].strip())
+    return removed, added
+
+
+def canonical_lines(path):
+    """The module as ast.unparse writes it: one statement per line, whatever the formatting."""
+    return ast.unparse(ast.parse(path.read_text())).splitlines()
+
+
+def function(path, name):
+    """The top-level function `name` of a module, as an AST node."""
+    tree = ast.parse(path.read_text())
+    return next(node for node in tree.body if getattr(node, "name", None) == name)
+
+
+def test_every_numbered_script_is_the_baseline_in_the_chain_or_a_lettered_fix():
+    names = [script.name for script in SCRIPTS]
+    assert names[0] == "00_pytorch_baseline.py"
+    assert [name for name in names if name in FABRIC_CHAIN] == FABRIC_CHAIN
+    assert set(names) <= {"00_pytorch_baseline.py", *FABRIC_CHAIN, *LETTERED}
+
+
+@pytest.mark.parametrize("before, after", list(zip(FABRIC_CHAIN, FABRIC_CHAIN[1:], strict=False)))
+def test_fabric_neighbours_differ_by_the_precision_line_only(before, after):
+    removed, added = statements(before, after)
+    assert len(removed) == len(added) == 1
+    assert removed[0].startswith("PRECISION = ") and added[0].startswith("PRECISION = ")
+    old, new = ((ROOT / name).read_text().splitlines() for name in (before, after))
+    changed = [line for line in difflib.ndiff(old, new) if line[:2] in ("- ", "+ ")]
+    assert len(changed) == 2  # the line itself, its comment included, and nothing else
+
+
+def test_16true_fix_changes_only_adams_eps():
+    removed, added = statements("03_fabric_16true.py", "03b_fabric_16true_adam_eps.py")
+    assert removed == ["optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)"]
+    assert added == [
+        "optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=0.0001)"
+    ]
+
+
+def test_kahan_branch_changes_only_the_adam_it_imports_and_builds():
+    removed, added = statements("04_fabric_bf16true.py", "04b_fabric_bf16true_kahan.py")
+    assert removed == ["optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)"]
+    assert added == [
+        "from optimi import Adam",
+        "optimizer = Adam(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-08)",
+    ]
+
+
+def test_compile_branch_adds_one_line_that_compiles_the_model_before_fabric_setup():
+    script = "04c_fabric_bf16true_compile.py"
+    if not (ROOT / script).exists():
+        pytest.skip("04c is not in this checkout")
+    removed, added = statements("04_fabric_bf16true.py", script)
+    assert (removed, added) == ([], ["model = torch.compile(model)"])
+    lines = canonical_lines(ROOT / script)
+    assert lines.index(added[0]) < lines.index("model, optimizer = fabric.setup(model, optimizer)")
+
+
+def test_readme_shows_the_real_diffs():
+    blocks = re.findall(
+        r"```diff\n\$ diff (\S+) (\S+)\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
+    )
+    assert len(blocks) >= 2
+    for before, after, shown in blocks:
+        real = subprocess.run(["diff", before, after], cwd=ROOT, capture_output=True, text=True)
+        assert shown == real.stdout, after
+
+
+CONVERSION = re.compile(
+    r"fabric|Fabric|device|accelerator|backward|set_epoch|^ +\)$|"
+    r"^ +(devices|strategy|num_nodes|precision)=|^#|^import lightning|^ +train_loader, val_loader"
+)
+
+
+def test_pytorch_to_fabric_diff_is_only_the_fabric_conversion():
+    """00 -> 01: Fabric replaces picking the device, moving batches, set_epoch, backward and
+    printing, and waits for every process at the end; nothing else changes."""
+    before = (ROOT / "00_pytorch_baseline.py").read_text().splitlines()
+    after = (ROOT / "01_fabric_baseline.py").read_text().splitlines()
+    unexplained = []
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    for kind, i1, i2, j1, j2 in matcher.get_opcodes():
+        old, new = before[i1:i2], after[j1:j2]
+        if kind == "replace" and len(old) == len(new):  # changed in place: either side may say why
+            for a, b in zip(old, new, strict=True):
+                explained = CONVERSION.search(a) or CONVERSION.search(b)
+                if not explained and a.replace("print(", "fabric.print(", 1) != b:
+                    unexplained.append((a, b))
+        elif kind != "equal":
+            unexplained += [line for line in old + new if not CONVERSION.search(line)]
+    assert unexplained == []
+    removed, added = statements("00_pytorch_baseline.py", "01_fabric_baseline.py")
+    assert "loss.backward()" in removed and "fabric.backward(loss)" in added
+    assert "with torch.device(device):" in removed and "with fabric.init_module():" in added
+    prints = [line for line in removed + added if re.match(r"(fabric\.)?print\(", line)]
+    assert len(prints) == 8  # progress, epoch, Ctrl-C and divergence lines: print -> fabric.print
+
+
+LESSON = [  # in the order a reader meets them; canonical source, so formatting does not matter
+    r"def train\(num_epochs, model, optimizer, scheduler, train_loader, val_loader, timer, ",
+    r"for epoch in range\(num_epochs\):",
+    r"logits = model\(features\)",
+    r"loss = F\.cross_entropy\(logits, targets\)",
+    r"if not all_finite\(loss\):\n +return ",
+    r"optimizer\.zero_grad\(set_to_none=True\)",
+    r"(fabric\.backward\(loss\)|loss\.backward\(\))",
+    r"optimizer\.step\(\)",
+    r"train_accuracy\.update\(logits\.argmax\(dim=1\), targets\)",
+    r"timer\.step_done\(\)",
+    r"scheduler\.step\(\)",
+    r"compute_accuracy\(model, val_loader\)",
+    r"if __name__ == '__main__':",
+    r"args = parse_args\(\)",
+    r"L\.seed_everything\(args\.seed",
+    r"train_loader, val_loader, test_loader, data = get_dataloaders\(args\)",
+    r"weights = model_weights\(args\)",
+    r"model = torchvision\.models\.get_model\(args\.model, weights=weights\)",
+    r"model\.heads\.head = torch\.nn\.Linear\(model\.heads\.head\.in_features, data\.num_classes\)",
+    r"optimizer = (torch\.optim\.)?Adam\(model\.parameters\(\), lr=args\.learning_rate",
+    r"scheduler = torch\.optim\.lr_scheduler\.ExponentialLR\(optimizer, gamma=0\.9\)",
+    r"start = time\.perf_counter\(\)",
+    r"accuracies, diverged_at = train\(num_epochs=args\.epochs, model=model,",
+    r"except KeyboardInterrupt:",
+    r"sys\.exit\(130\)",
+    r"train_time = time\.perf_counter\(\) - start",
+    r"compute_accuracy\(model, test_loader\)",
+    r"report\(args=args, ",
+    r"sys\.exit\(DIVERGED_EXIT_CODE\)",
+]
+FABRIC_LESSON = [
+    r"fabric = L\.Fabric\(accelerator=args\.accelerator, devices=args\.devices, "
+    r"strategy=args\.strategy, num_nodes=args\.num_nodes, precision=PRECISION\)",
+    r"fabric\.launch\(\)",
+    r"with fabric\.init_module\(\):",
+    r"model, optimizer = fabric\.setup\(model, optimizer\)",
+    r"fabric\.setup_dataloaders\(train_loader, val_loader, test_loader\)",
+    r"fabric\.barrier\(\)",
+]
+
+
+@pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
+def test_script_itself_shows_model_optimizer_loop_and_report_in_reading_order(script):
+    text = "\n".join(canonical_lines(ROOT / script))
+    positions = [re.search(pattern, text) for pattern in LESSON]
+    assert [pattern for pattern, found in zip(LESSON, positions, strict=True) if not found] == []
+    assert [found.start() for found in positions] == sorted(found.start() for found in positions)
+    if script != "00_pytorch_baseline.py":
+        assert [pattern for pattern in FABRIC_LESSON if not re.search(pattern, text)] == []
+
+
+@pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
+def test_script_has_at_most_110_code_lines_and_a_train_function_of_at_most_45(script):
+    assert len(code_lines(ROOT / script)) <= 110
+    train = function(ROOT / script, "train")
+    assert train.end_lineno - train.lineno + 1 <= 45
+
+
+@pytest.mark.parametrize(
+    "module, limit",
+    [("local_utilities.py", 250), *[(name, 300) for name in MODULES], ("benchmark.py", 500)],
+)
+def test_modules_stay_within_their_line_limits(module, limit):
+    assert len((ROOT / module).read_text().splitlines()) <= limit
+
+
+PLAIN_CODE = [*MODULES, "benchmark.py", *(script.name for script in SCRIPTS)]
+
+
+@pytest.mark.parametrize("name", PLAIN_CODE)
+def test_code_is_plain_no_named_lambdas_nested_conditionals_or_chained_inequalities(name):
+    tree = ast.parse((ROOT / name).read_text())
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Lambda):
+            problems.append(f"line {node.lineno}: a named lambda")
+        if isinstance(node, ast.IfExp) and any(
+            isinstance(child, ast.IfExp) for child in ast.walk(node) if child is not node
+        ):
+            problems.append(f"line {node.lineno}: a nested conditional expression")
+        if isinstance(node, ast.Compare) and len(node.ops) > 1:
+            problems.append(f"line {node.lineno}: a chained comparison")
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.BoolOp):
+            problems.append(f"line {node.lineno}: a statement written as `x and f()`")
+    assert problems == []
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_importing_a_module_changes_no_global_hook_or_registry(name):
+    code = (
+        "import sys, torchvision; hook = sys.excepthook; models = torchvision.models.list_models(); "
+        f"import {name.removesuffix('.py')}; "
+        "assert sys.excepthook is hook and torchvision.models.list_models() == models"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])
+def test_ruff_passes_with_the_repositorys_config(command):
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: pip install -r requirements-dev.txt")
+    result = subprocess.run([ruff, *command], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_lists_the_files_to_copy_and_they_run_alone_on_an_image_folder(tmp_path, image_tree):
+    section = (ROOT / "README.md").read_text().split("## Copy this into your project")[1]
+    section = section.split("\n## ")[0]
+    assert re.findall(r"`([\w.]+\.py)`", section.split("\n\n")[1]) == COPY_THIS
+    project = tmp_path / "my_project"
+    project.mkdir()
+    for name in COPY_THIS:
+        shutil.copy(ROOT / name, project / name)
+    flags = ["--quick", "--data-dir", str(image_tree), "--batch-size", "4", "--max-steps", "40"]
+    returncode, stdout, stderr, records = run_script(
+        project / COPY_THIS[0], *flags, cwd=tmp_path, threads=1
+    )
+    assert returncode == 0, stderr
+    assert records[-1]["data"] == str(image_tree) and records[-1]["test_acc"] >= 0.9
+    # the data holds 8 batches of 4: the run says it trains 8 of the 40 steps asked for
+    assert "Training 8 of the 40 steps asked for" in stdout and records[-1]["steps"] == 8
+    assert re.search(r"Epoch: 001/001 \| Batch 0008/0008 .* \| 00:00 left", stdout)
