@@ -64,7 +64,7 @@ if __name__ == "__main__":
 
     # 1 Pick the device: a CUDA GPU, else Apple's MPS GPU, else the CPU
     if args.devices > 1 or args.num_nodes > 1 or args.strategy != "auto":
-        sys.exit("error: 00_pytorch_baseline.py uses one device; use a Fabric script (01-05) for more")
+        sys.exit("error: 00_pytorch_baseline.py runs on one device; use 01-05 for several")
     device = torch.device("cpu")
     if args.accelerator in ("auto", "cuda") and torch.cuda.is_available():
         device = torch.device("cuda")

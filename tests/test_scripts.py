@@ -165,7 +165,7 @@ def test_a_bad_flag_stops_the_script_before_training_with_one_sentence(tmp_path)
 def test_pytorch_baseline_refuses_several_devices():
     returncode, stderr = refusal_in_process("00_pytorch_baseline.py", "--quick", "--devices", "2")
     assert returncode == 1 and stderr.splitlines() == [
-        "error: 00_pytorch_baseline.py uses one device; use a Fabric script (01-05) for more"
+        "error: 00_pytorch_baseline.py runs on one device; use 01-05 for several"
     ]
 
 
