@@ -1,6 +1,7 @@
-"""Where the time of a training step goes: torch.profiler over a few steps of one precision setting.
+"""Where the time of a training step goes: torch.profiler over a few steps of one precision.
 
-Run: python experiments/profile_step.py --precision bf16-true --matmul-precision medium [--model vit_b_16]
+Run: python experiments/profile_step.py --precision bf16-true --matmul-precision medium
+     [--model vit_b_16] [--batch-size 8] [--steps 3]
 Prints the operators that took the most time and the share spent in matrix multiplications.
 """
 
@@ -15,7 +16,9 @@ import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import local_utilities  # noqa: E402, F401  (registers the --quick model, vit_tiny_32, with torchvision)
+from model_weights import register_tiny_vit  # noqa: E402
+
+register_tiny_vit()  # so that --model vit_tiny_32 works too
 
 MATMULS = (
     "aten::mm",
@@ -43,7 +46,8 @@ with fabric.init_module():
     model = torchvision.models.get_model(args.model, num_classes=10)
 optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
 model, optimizer = fabric.setup(model, optimizer)
-features = torch.randn(args.batch_size, 3, 224, 224, device=fabric.device)
+size = model.image_size  # 224 for the ImageNet ViTs
+features = torch.randn(args.batch_size, 3, size, size, device=fabric.device)
 targets = torch.randint(0, 10, (args.batch_size,), device=fabric.device)
 
 
@@ -55,25 +59,23 @@ def step():
 
 
 step()  # warm-up: first-call allocations and kernel selection stay out of the profile
-activities = [ProfilerActivity.CPU] + (
-    [ProfilerActivity.CUDA] if fabric.device.type == "cuda" else []
-)
+activities = [ProfilerActivity.CPU]
+if fabric.device.type == "cuda":
+    activities.append(ProfilerActivity.CUDA)
 with profile(activities=activities) as profiler:
     for _ in range(args.steps):
         step()
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
 averages = profiler.key_averages()
-sort_key = "self_cuda_time_total" if fabric.device.type == "cuda" else "self_cpu_time_total"
-print(averages.table(sort_by=sort_key, row_limit=12))
-time_of = (
-    (lambda event: event.self_device_time_total)
-    if fabric.device.type == "cuda"
-    else (lambda event: event.self_cpu_time_total)
-)
-total = sum(time_of(event) for event in averages)
-matmul = sum(time_of(event) for event in averages if event.key in MATMULS)
+time_key = "self_cpu_time_total"  # microseconds
+if fabric.device.type == "cuda":
+    time_key = "self_device_time_total"
+print(averages.table(sort_by=time_key.replace("device", "cuda"), row_limit=12))
+total = sum(getattr(event, time_key) for event in averages)
+matmul = sum(getattr(event, time_key) for event in averages if event.key in MATMULS)
 print(
-    f"{args.precision}, matmul precision {args.matmul_precision}: {total / args.steps / 1e6:.2f} s per step, "
-    f"{matmul / args.steps / 1e6:.2f} s ({matmul / total:.0%}) of it in matrix multiplications and attention"
+    f"{args.precision}, matmul precision {args.matmul_precision}: "
+    f"{total / args.steps / 1e6:.2f} s per step, {matmul / args.steps / 1e6:.2f} s "
+    f"({matmul / total:.0%}) of it in matrix multiplications and attention"
 )
