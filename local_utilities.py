@@ -1,6 +1,7 @@
 """Data loading (CIFAR-10, your image folders, generated images) and accuracy for the scripts."""
 
-import sys
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -8,18 +9,18 @@ from urllib.error import URLError
 import numpy as np
 import torch
 import torchvision
-from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets import CIFAR10, ImageFolder
 
-from image_files import VisibleImageFolder, check_images, load_rgb, say_unreadable_image
+from image_files import image_folders
 from processes import fail, print_once, rank, world_size
 
 SPLIT_SEED = 0  # the validation split drawn from train/ is the same for every --seed
+CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup: its CPU quota and period, in µs
+CPU_QUOTA_FILES = [("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]  # v2, v1
 
 
 @dataclass
@@ -45,56 +46,51 @@ def generated_dataset(num_images: int, image_size: int = 32, seed: int = 0) -> T
 def image_folder_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Dataset, DataInfo]:
     """(train, val, test, info) from train/ beside test/ and/or val/, each with class folders.
 
-    With both val/ and test/, each is used as named. Otherwise validation is a seeded 10% of
-    train/, and val/ (if there is no test/) is the held-out test set.
-    Errors: exits with one sentence for a missing split, too few or mismatched classes, an empty
-    class folder, or an unreadable image.
+    With both val/ and test/, each is used as named. Otherwise validation is drawn from train/
+    (validation_from_train), and val/ (if there is no test/) is the held-out test set.
+    Errors: exits with one sentence for what image_folders or validation_from_train refuses.
     """
-    sys.excepthook = say_unreadable_image  # a file that only decoding finds bad: one sentence
-    found = {}
-    for name in ("train", "val", "test"):
-        if (data_dir / name).is_dir():
-            found[name] = VisibleImageFolder(data_dir / name, transform, loader=load_rgb)
-    if "train" not in found or len(found) < 2:
-        fail(
-            f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; "
-            f"it has {list(found) or 'neither'}"
-        )
-    classes = found["train"].classes
-    if len(classes) < 2:  # images put straight into train/ get this sentence too
-        fail(
-            f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs "
-            "at least two: train/<class>/<images>"
-        )
-    for name, split in found.items():
-        if split.classes != classes:
-            fail(
-                f"--data-dir splits disagree on the classes: train has {classes}, {name} has "
-                f"{split.classes}; give every split the same class folders"
-            )
-        counts = np.bincount(split.targets, minlength=len(classes)).tolist()
-        if 0 in counts:
-            fail(
-                f"--data-dir class folder {data_dir / name / classes[counts.index(0)]} holds no "
-                f"images ({', '.join(IMG_EXTENSIONS)}); add images to it, or delete that class "
-                "from every split"
-            )
-        print_once(
-            f"{name}/: {len(split)} images in {len(classes)} classes {dict(zip(classes, counts))}"
-        )
-        check_images(split)
-    info = DataInfo(len(classes), str(data_dir), val_split="val/", test_split="test/")
+    found = image_folders(data_dir, transform)
+    info = DataInfo(len(found["train"].classes), str(data_dir), "val/", "test/")
     if "val" in found and "test" in found:
         return found["train"], found["val"], found["test"], info
     if "test" not in found:
         info.test_split = "val/"
-    order = torch.randperm(len(found["train"]), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    num_val = max(1, len(order) // 10)
-    info.val_split = f"a seeded 10% of train/ ({num_val} of {len(order)} images)"
+    train, val = validation_from_train(found["train"])
+    info.val_split = f"10% of each class of train/ ({len(val)} of {len(found['train'])} images)"
     print_once(f"Validation: {info.val_split} | test: {info.test_split}")
-    train = Subset(found["train"], order[num_val:].tolist())
-    val = Subset(found["train"], order[:num_val].tolist())
     return train, val, found[info.test_split.rstrip("/")], info
+
+
+def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
+    """(training, validation) Subsets of train/: from each class a seeded 10% of its images,
+    rounded up, but never its last one; prints the per-class counts of both.
+
+    SPLIT_SEED draws them, so that every --seed validates on the same images.
+    Errors: exits with one sentence when no class has two images to split.
+    """
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    targets = torch.tensor(train.targets)
+    training, validation = [], []
+    for label in range(len(train.classes)):
+        members = torch.nonzero(targets == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        count = min(math.ceil(len(members) / 10), len(members) - 1)  # the last image trains
+        validation += members[:count]
+        training += members[count:]
+    if not validation:
+        fail(
+            f"--data-dir {train.root} has one image per class, none to spare for validation; "
+            "add images, or give both val/ and test/"
+        )
+    for split, members in (("training", training), ("validation", validation)):
+        counts = np.bincount(targets[members], minlength=len(train.classes)).tolist()
+        counts = dict(zip(train.classes, counts, strict=True))
+        print_once(f"Used for {split}: {len(members)} images {counts}")
+    unsplit = [name for name, count in counts.items() if count == 0]  # validation's counts
+    if unsplit:
+        print_once(f"No validation image of {', '.join(unsplit)}: one image in train/, it trains")
+    return Subset(train, sorted(training)), Subset(train, sorted(validation))
 
 
 def cifar10_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Dataset]:
@@ -159,13 +155,31 @@ def limit_steps(train: Dataset, max_steps: int | None, batch_images: int, seed: 
 
 
 def num_loader_workers(args) -> int:
-    """--num-workers, or by default: none for generated data (in memory), else Lightning's
-    suggestion from the CPUs this process may use, shared by the processes of this machine."""
+    """--num-workers, or by default: none for generated data (in memory), else one less than the
+    usable CPUs' share of each process on this machine (at least 1, at most 8), as Lightning's
+    suggested_max_num_workers does, but counting a container's CPU quota too."""
     if args.num_workers is not None:
         return args.num_workers
     if args.synthetic or (args.quick and not args.data_dir):
         return 0
-    return min(8, suggested_max_num_workers(args.devices))
+    return min(8, max(1, usable_cpus() // args.devices - 1))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a batch system's cpuset),
+    within its cgroup's CPU quota (containers: docker --cpus, Kubernetes limits), rounded up."""
+    cpus = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        cpus = len(os.sched_getaffinity(0))
+    for files in CPU_QUOTA_FILES:
+        try:
+            words = " ".join((CGROUP / name).read_text() for name in files).split()
+        except OSError:
+            continue
+        if words[0] not in ("max", "-1"):  # no quota
+            cpus = min(cpus, math.ceil(int(words[0]) / int(words[1])))
+        break
+    return cpus
 
 
 def get_dataloaders(args) -> tuple[DataLoader, DataLoader, DataLoader, DataInfo]:
@@ -206,7 +220,7 @@ def get_dataloaders(args) -> tuple[DataLoader, DataLoader, DataLoader, DataInfo]
 
 
 def evaluation_sampler(dataset: Dataset) -> UnrepeatedDistributedSampler | None:
-    """Each process's slice of an evaluation set, none padded in (Lightning's sampler); None alone."""
+    """Each process's slice of an evaluation set, none padded in (Lightning's); None alone."""
     if world_size() == 1:
         return None
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
@@ -214,7 +228,7 @@ def evaluation_sampler(dataset: Dataset) -> UnrepeatedDistributedSampler | None:
 
 @torch.inference_mode()
 def compute_accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
-    """The fraction of images classified right, exact across processes (torchmetrics sums counts)."""
+    """The fraction of images classified right, exact across processes (torchmetrics sums)."""
     model.eval()
     device = next(model.parameters()).device
     accuracy = MulticlassAccuracy(model.heads.head.out_features, average="micro").to(device)

@@ -1,4 +1,5 @@
-"""bf16-true loses Adam's small updates and Kahan summation recovers them: experiments/bf16_lost_updates.py, tiny."""
+"""bf16-true loses Adam's small updates and Kahan summation recovers them, on the tiny sizes of
+experiments/bf16_lost_updates.py."""
 
 import runpy
 import sys

@@ -1,9 +1,9 @@
-"""Several processes on the CPU (gloo): one report, global counts, exact sharded accuracy, a joint stop."""
+"""Several processes on the CPU (gloo): one report, global counts, exact sharded accuracy, a
+joint stop, and one copy of an error sentence."""
 
 import re
 from collections import OrderedDict
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,34 +13,38 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from local_utilities import compute_accuracy
 from nan_check import all_finite
 
-TWO_CPU_PROCESSES = [
-    "--quick",
-    "--max-steps",
-    "20",
-    "--accelerator",
-    "cpu",
-    "--devices",
-    "2",
-    "--strategy",
-    "ddp",
-]
+TWO_CPU_PROCESSES = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+QUICK_STEPS = ["--quick", "--max-steps", "4"]
 
 
-@pytest.mark.parametrize("script", ["01_fabric_baseline.py", "04_fabric_bf16true.py"])
-def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tmp_path, script):
+def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tmp_path):
+    flags = [*QUICK_STEPS, *TWO_CPU_PROCESSES]
     returncode, stdout, stderr, records = run_script(
-        script, *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1
+        "04_fabric_bf16true.py", *flags, cwd=tmp_path, threads=1
     )
     assert returncode == 0, stderr
     assert len(records) == 1 and records[0]["world_size"] == 2
-    assert records[0]["train_images"] == 2 * 20 * 32  # both processes' images, 20 steps of 32 each
+    assert records[0]["train_images"] == 2 * 4 * 32  # both processes' images: 4 steps of 32 each
     assert len(re.findall(r"^Training time", stdout, re.MULTILINE)) == 1
     assert "x 2 process(es)" in stdout and "the most of any of the 2 processes" in stdout
 
 
+def test_an_input_error_found_by_every_process_is_printed_once(tmp_path, image_tree):
+    for image in (image_tree / "test" / "dog").iterdir():
+        image.unlink()  # an empty class folder: both processes find it
+    flags = ["--quick", "--data-dir", str(image_tree), *TWO_CPU_PROCESSES]
+    returncode, _, stderr, records = run_script(
+        "01_fabric_baseline.py", *flags, cwd=tmp_path, threads=1
+    )
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert returncode == 2 and records == []
+    assert len(errors) == 1 and errors[0].startswith("error: --data-dir class folder")
+
+
 def test_divergence_stops_both_processes_together(tmp_path):
+    flags = [*QUICK_STEPS, *TWO_CPU_PROCESSES]
     returncode, stdout, stderr, records = run_script(
-        "03_fabric_16true.py", *TWO_CPU_PROCESSES, cwd=tmp_path, threads=1
+        "03_fabric_16true.py", *flags, cwd=tmp_path, threads=1
     )
     assert returncode == 3, stderr
     assert (
@@ -71,7 +75,8 @@ def start_process(rank, function, store_path, *args):
 
 
 def linear_classifier():
-    """A 3 -> 4 linear classifier, its layer where a torchvision ViT keeps its head (compute_accuracy counts classes there)."""
+    """A 3 -> 4 linear classifier, its layer where a torchvision ViT keeps its head
+    (compute_accuracy counts the classes there)."""
     return torch.nn.Sequential(
         OrderedDict(heads=torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(3, 4))))
     )

@@ -32,10 +32,11 @@ def test_every_relative_link_resolves(document):
         if target.startswith(("http://", "https://", "mailto:")):
             continue
         path, _, anchor = target.partition("#")
-        file = (document.parent / path).resolve() if path else document
-        if not file.exists():
-            broken.append(target)
-        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+        file = document
+        if path:
+            file = (document.parent / path).resolve()
+        missing_anchor = anchor and file.suffix == ".md" and anchor not in anchors(file)
+        if not file.exists() or missing_anchor:
             broken.append(target)
     assert broken == []
 

@@ -1,4 +1,4 @@
-"""measurement.py: the dtypes in effect, the CPU's 16-bit units, speeds, the step timer and MFU peaks."""
+"""measurement.py: the dtypes in effect, the CPU's 16-bit units, speeds, the timer, MFU peaks."""
 
 from types import SimpleNamespace
 
