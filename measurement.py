@@ -1,4 +1,4 @@
-"""What a run measures: the device and versions, the dtypes in effect, step times, memory and MFU."""
+"""What a run measures: the device and versions, the dtypes in effect, step times, memory, MFU."""
 
 import os
 import platform
@@ -102,14 +102,21 @@ def watch_dtypes(model: torch.nn.Module, precision: str, device: torch.device) -
     the precision named from them: float32 weights with 16-bit matmul outputs are "mixed".
     """
     dtypes = {"requested": precision, "device": device}
+    seen = {"weight": None, "matmul": None}  # fixed keys: torch.compile guards the dict's size
 
-    def record(head, inputs, output):
-        hook.remove()
-        weight = head.weight.dtype
+    def record(head, inputs, output):  # compiled, this runs in the graph: it notes and stays there
+        seen.update(weight=head.weight.dtype, matmul=output.dtype)
+        if not torch.compiler.is_compiling() and "in_effect" not in dtypes:
+            head_hook.remove()
+            announce(model, inputs, output)
+
+    def announce(module, inputs, output):  # also the model's hook, which runs outside compiled code
+        model_hook.remove()
+        weight, matmul = seen["weight"], seen["matmul"]
         in_effect = f"{SHORT_DTYPE_NAMES[weight]}-true"
-        if weight == torch.float32 and output.dtype != torch.float32:
-            in_effect = f"{SHORT_DTYPE_NAMES[output.dtype]}-mixed"
-        dtypes.update(weight=weight, matmul=output.dtype, in_effect=in_effect)
+        if weight == torch.float32 and matmul != torch.float32:
+            in_effect = f"{SHORT_DTYPE_NAMES[matmul]}-mixed"
+        dtypes.update(weight=weight, matmul=matmul, in_effect=in_effect)
         why = ""
         if precision == "16-mixed" and device.type == "cpu":
             why = " (Lightning has no float16 autocast on CPU and runs bfloat16 autocast instead)"
@@ -117,10 +124,11 @@ def watch_dtypes(model: torch.nn.Module, precision: str, device: torch.device) -
             why = " (differs from the request)"
         print_once(
             f"Precision in effect: {in_effect}{why} | weights {str(weight)[6:]}, "
-            f"matmul outputs {str(output.dtype)[6:]}"
+            f"matmul outputs {str(matmul)[6:]}"
         )
 
-    hook = model.heads.head.register_forward_hook(record)
+    head_hook = model.heads.head.register_forward_hook(record)
+    model_hook = model.register_forward_hook(announce)
     return dtypes
 
 
@@ -212,7 +220,7 @@ class StepTimer:
         return time.perf_counter() - self.last_progress
 
     def progress(self) -> str:
-        """'<speed> | MM:SS left', from the steady state so far, or the last step while warming up."""
+        """'<speed> | MM:SS left', from the steady state so far, or the last step in warm-up."""
         self.last_progress = time.perf_counter()
         step_time = self.step_times[-1]
         if self.steady_steps:

@@ -1,4 +1,4 @@
-"""The pretrained ImageNet weights (downloaded once, then checked), and the small model of --quick."""
+"""The ImageNet weights (downloaded once, then checked) and the small model of --quick."""
 
 from pathlib import Path
 
@@ -42,6 +42,8 @@ def model_weights(args) -> WeightsEnum | None:
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:  # downloads the file if it is not cached; the meta device reads only its index
         torch.hub.load_state_dict_from_url(weights.url, map_location="meta", weights_only=True)
+    except KeyboardInterrupt:  # torch.hub downloads to a temporary file: nothing half-written
+        fail(f"interrupted while downloading the {args.model} ImageNet weights", status=130)
     except Exception as error:
         if not path.exists():  # a failed download leaves no file behind
             reason = getattr(error, "reason", error)

@@ -116,3 +116,18 @@ def test_weights_holding_nan_name_the_tensor_and_the_file(tmp_path, capsys, monk
         f"error: the weights file {cached} holds NaN or inf in heads.head.bias; delete it and run "
         "again with internet access to download it anew"
     ]
+
+
+def test_ctrl_c_during_the_weights_download_is_one_line_and_status_130(
+    tmp_path, capsys, monkeypatch
+):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cached_weights_file(tmp_path, monkeypatch)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", interrupted)
+    with pytest.raises(SystemExit, match="130"):
+        load_weights(parse_args(["--model", "vit_b_16"]))
+    assert capsys.readouterr().err.splitlines() == [
+        "error: interrupted while downloading the vit_b_16 ImageNet weights"
+    ]

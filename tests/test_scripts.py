@@ -1,7 +1,10 @@
 """The numbered scripts run end to end as a user runs them (--quick): accuracy, records, output."""
 
+import os
 import re
 import runpy
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -194,3 +197,24 @@ def test_runner_knows_the_scripts_divergence_exit_code():
     assert (
         benchmark.DIVERGED_EXIT_CODE == nan_check.DIVERGED_EXIT_CODE
     )  # kept apart so the runner needs no torch
+
+
+def test_ctrl_c_while_training_prints_one_line_exits_130_and_writes_no_record(tmp_path):
+    results = tmp_path / "results.jsonl"
+    command = [sys.executable, str(ROOT / "01_fabric_baseline.py"), "--quick", "--epochs", "50"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [*command, "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    for line in process.stdout:  # wait until training runs
+        if line.startswith("Epoch: 001/050 | Batch 0001/"):
+            break
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert re.fullmatch(r"interrupted at epoch \d+, step \d+; no record written\n", stderr)
+    assert not results.exists()
