@@ -1,4 +1,4 @@
-"""The command-line flags every numbered script accepts; the defaults reproduce the reference experiment."""
+"""The command-line flags every numbered script accepts; the defaults reproduce the reference."""
 
 import argparse
 import math
@@ -101,7 +101,7 @@ def results_path_problems(path: Path | None) -> list[str]:
 
 
 def cluster_problems(num_nodes: int) -> list[str]:
-    """Several machines need an address to meet at; without one, every machine would wait forever."""
+    """Several machines need an address to meet at: without one, each would wait forever."""
     if num_nodes == 1 or launched_by_a_cluster_tool():
         return []
     unset = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def say_what_the_launch_waits_for(args: argparse.Namespace) -> None:
-    """Before a multi-machine launch waits for the others, say for whom, where, and what to start."""
+    """Before a launch on several machines waits, say for whom, where, and what to start."""
     if os.environ.get("LOCAL_RANK", "0") != "0" or launched_by_a_cluster_tool():
         return  # one line per machine, from the process that launches the others
     address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"

@@ -271,9 +271,10 @@ def peak_memory(device: torch.device, baseline: int | None) -> tuple[float, str]
             "(absolute peak RSS {:.2f} GB)"
         )
     else:  # ru_maxrss: the whole process's peak, in KiB on Linux and in bytes on macOS
-        numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]
+        unit = 1024
         if sys.platform == "darwin":
-            numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
+            unit = 1
+        numbers = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit]
         description = (
             "{:.2f} GB absolute peak RSS of the process (this system cannot reset the peak)"
         )

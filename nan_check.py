@@ -21,7 +21,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
 
 
 def divergence_message(diverged_at: str, dtypes: dict) -> str:
-    """'error: training diverged: <where>; <what to do>', the advice following the weights' dtype."""
+    """'error: training diverged: <where>; <what to do>', the advice following the weight dtype."""
     return f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}"
 
 
@@ -51,8 +51,8 @@ def first_nonfinite(model: torch.nn.Module, features: torch.Tensor, step: int) -
     ]
     if weights and gradients:
         return (
-            f"the gradients of step {step - 1} were non-finite first {first_of(gradients, parameters)}, "
-            "and the optimizer step wrote them into the weights"
+            f"the gradients of step {step - 1} were non-finite first "
+            f"{first_of(gradients, parameters)}, and the optimizer step wrote them into the weights"
         )
     if weights:
         return (
@@ -73,7 +73,7 @@ def first_of(names: list[str], parameters: list) -> str:
 
 
 def first_nonfinite_module(model: torch.nn.Module, features: torch.Tensor) -> str | None:
-    """The name of the first module to finish with a non-finite output, or None if all are finite."""
+    """The name of the first module to finish with a non-finite output; None if all are finite."""
     culprits = []
 
     def watch(name):

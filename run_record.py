@@ -1,4 +1,4 @@
-"""The end of a run: what it prints about time, speed, memory and accuracy, and the record it keeps."""
+"""The end of a run: what it prints about time, speed, memory and accuracy, and its record."""
 
 import json
 import math
@@ -16,7 +16,7 @@ from processes import print_once, rank, world_size
 
 
 def flops_per_image(model_name: str, num_classes: int) -> int:
-    """FLOPs of one training image, forward and backward, counted on a meta-device copy (no memory)."""
+    """FLOPs of one training image, forward and backward, counted on a copy on the meta device."""
     with torch.device("meta"):
         model = torchvision.models.get_model(model_name, num_classes=num_classes)
         images = torch.randn(1, 3, model.image_size, model.image_size)
@@ -31,7 +31,7 @@ def flops_per_image(model_name: str, num_classes: int) -> int:
 
 
 def steady_state(timer: StepTimer, flops: int, peak: float | None) -> dict:
-    """Images/s, s/step, data-wait share and MFU of the steps after warm-up (Lightning's Throughput).
+    """Images/s, s/step, data-wait share and MFU after warm-up, from Lightning's Throughput.
 
     All None when no step finished after warm-up (a run that diverged at once).
     """
@@ -103,7 +103,8 @@ def report(
     first_step = None
     if timer.step_times:
         first_step = timer.step_times[0]
-    line = f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s), including the per-epoch validation"
+    line = f"Training time: {train_time / 60:.2f} min ({train_time:.1f} s)"
+    line += ", including the per-epoch validation"
     if first_step is not None:
         line += f" | First step: {first_step:.2f} s"
     if steady["images_per_s"]:

@@ -1,0 +1,495 @@
+"""image_files.py: the model sees what a person sees. Each EXIF orientation is turned upright,
+each mode Pillow opens becomes the 8-bit RGB a viewer shows or is refused before training, and
+each folder and file is counted once however many links lead to it."""
+
+import colorsys
+import io
+import os
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script, write_image_tree
+from PIL import Image
+
+import image_files
+from flags import parse_args
+from image_files import check_images, eight_bit_rgb, load_rgb
+from local_utilities import get_dataloaders
+
+RNG = np.random.default_rng(0)
+PICTURE = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # (H, W, RGB): what a viewer shows
+GRAY = np.array([[0, 1, 64, 127], [128, 200, 254, 255]], np.uint8)  # (H, W) 8-bit levels
+ALPHA = np.array([[0, 10, 100, 128], [200, 254, 255, 255]], np.uint8)
+
+
+def refusal(argv, capsys):
+    """Set up the data in-process as a script does; return the one line it printed on stderr
+    before exiting with status 2."""
+    with pytest.raises(SystemExit) as stopped:
+        get_dataloaders(parse_args(argv))
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    return line
+
+
+def saved(image, tmp_path, name, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+def loaded(path):
+    """load_rgb(path) as a (H, W, 3) array, with every warning an error (`python -W error`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return np.asarray(load_rgb(path))
+
+
+def as_rgb(gray):
+    return np.repeat(np.asarray(gray, np.float64)[..., None], 3, axis=2)
+
+
+def over_white(colour, alpha):
+    """Straight (unpremultiplied) colour over a white background: c a + 255 (1 - a)."""
+    alpha = np.asarray(alpha, np.float64)[..., None] / 255
+    return np.asarray(colour, np.float64) * alpha + 255 * (1 - alpha)
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+SIDES = {  # EXIF 2.3, tag 274 (Orientation): the picture's sides where the stored 0th row and
+    1: ("top", "left"),  # 0th column lie; a viewer turns the stored pixels to put them there
+    2: ("top", "right"),
+    3: ("bottom", "right"),
+    4: ("bottom", "left"),
+    5: ("left", "top"),
+    6: ("right", "top"),
+    7: ("right", "bottom"),
+    8: ("left", "bottom"),
+}
+
+
+def stored_pixels(upright, orientation):
+    """The pixels a camera stores for an upright (H, W, 3) picture, beside this orientation tag."""
+    row, column = SIDES[orientation]
+    pixels = upright
+    if "right" in (row, column):
+        pixels = pixels[:, ::-1]
+    if "bottom" in (row, column):
+        pixels = pixels[::-1]
+    if row in ("left", "right"):  # the stored rows run along the picture's columns
+        pixels = pixels.transpose(1, 0, 2)
+    return np.ascontiguousarray(pixels)
+
+
+def exif_block(*entries, byte_order=b"MM"):
+    """An EXIF block as a JPEG, PNG or WebP file holds it: a big-endian TIFF header and one IFD of
+    (tag, type, count, 4 value bytes) entries."""
+    ifd = struct.pack(">H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack(">HHI", tag, kind, count) + value
+    return b"Exif\0\0" + byte_order + b"\0*" + struct.pack(">I", 8) + ifd + bytes(4)
+
+
+def orientation_entry(value):
+    return (0x0112, 3, 1, struct.pack(">HH", value, 0))  # type 3: SHORT
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_is_turned_upright_as_a_viewer_shows_it(tmp_path, orientation):
+    stored = Image.fromarray(stored_pixels(PICTURE, orientation))
+    exif = exif_block(orientation_entry(orientation))
+    for name in ("photo.png", "photo.webp"):  # lossless, so the pixels compare exactly
+        path = saved(stored, tmp_path, name, exif=exif, lossless=True)
+        assert np.array_equal(loaded(path), PICTURE), name
+
+
+@pytest.mark.parametrize(
+    "exif, turned",
+    [
+        (exif_block(orientation_entry(6))[:20], False),  # cut short: Pillow warns, reads no tag
+        (exif_block(orientation_entry(6), byte_order=b")M"), False),  # Pillow raises SyntaxError
+        (exif_block(orientation_entry(6), (0x0128, 2, 4, b"ab\0\0")), True),  # a SHORT tag as
+    ],  # text: Pillow turns the pixels, then fails to rewrite the block (struct.error)
+    ids=["cut short", "no byte order", "a tag of the wrong type"],
+)
+def test_a_damaged_exif_block_neither_warns_nor_stops_the_run(tmp_path, exif, turned):
+    path = saved(Image.fromarray(stored_pixels(PICTURE, 6)), tmp_path, "photo.png", exif=exif)
+    expected = stored_pixels(PICTURE, 6)
+    if turned:
+        expected = PICTURE
+    check_images(Samples(path))  # no SystemExit, no warning
+    assert np.array_equal(loaded(path), expected)
+
+
+class Samples:
+    """The part of an ImageFolder that check_images reads."""
+
+    def __init__(self, *paths):
+        self.samples = [(str(path), 0) for path in paths]
+
+
+# ---------------------------------------------------------------- modes: what a viewer shows
+
+
+def palette_image(alphas=None):
+    """A 'P' image: GRAY's levels as palette indices into a palette of random colours."""
+    palette = RNG.integers(0, 256, (256, 3), dtype=np.uint8)
+    image = Image.fromarray(GRAY, "P")
+    image.putpalette(palette.tobytes())
+    colours = palette[GRAY]
+    if alphas is None:
+        return image, colours
+    return image, over_white(colours, alphas[GRAY])
+
+
+def lab_to_srgb(lab):
+    """8-bit sRGB of CIELAB bytes as Pillow's LAB mode holds them (L* x 255/100; a*, b* as signed
+    bytes), by the CIE formulas (CIE 15: D50 white) and Bruce Lindbloom's D50-adapted (Bradford)
+    XYZ-to-sRGB matrix, then the sRGB curve (IEC 61966-2-1)."""
+    lightness = lab[..., 0].astype(np.float64) * 100 / 255
+    a, b = (lab[..., index].view(np.int8).astype(np.float64) for index in (1, 2))
+    fy = (lightness + 16) / 116
+    f = np.stack([fy + a / 500, fy, fy - b / 200], axis=-1)
+    linear = np.where(f**3 > 216 / 24389, f**3, (116 * f - 16) / (24389 / 27))
+    xyz = linear * np.array([0.96422, 1.0, 0.82521])  # the D50 white point
+    matrix = np.array(
+        [
+            [3.1338561, -1.6168667, -0.4906146],
+            [-0.9787684, 1.9161415, 0.0334540],
+            [0.0719453, -0.2289914, 1.4052427],
+        ]
+    )
+    rgb = np.clip(xyz @ matrix.T, 0, 1)
+    return 255 * np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+
+
+def ycbcr_to_rgb(ycbcr):
+    """JFIF's YCbCr to RGB (ITU-T T.871, section 7: full range, 128 as zero chroma)."""
+    y, cb, cr = (ycbcr[..., index].astype(np.float64) for index in range(3))
+    red = y + 1.402 * (cr - 128)
+    green = y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128)
+    blue = y + 1.772 * (cb - 128)
+    return np.clip(np.stack([red, green, blue], axis=-1), 0, 255)
+
+
+def with_associated_alpha(path):
+    """Rewrite a TIFF's ExtraSamples tag from 2 (unassociated alpha) to 1 (associated,
+    premultiplied), as some scientific and print tools write it."""
+    entry = struct.pack("<HHIH", 338, 3, 1, 2)
+    assert path.read_bytes().count(entry) == 1
+    path.write_bytes(path.read_bytes().replace(entry, struct.pack("<HHIH", 338, 3, 1, 1)))
+    return path
+
+
+def case_1(tmp_path):
+    bits = GRAY > 127
+    return saved(Image.fromarray(bits), tmp_path, "1.png"), as_rgb(bits * 255)
+
+
+def case_l(tmp_path):
+    return saved(Image.fromarray(GRAY), tmp_path, "l.png"), as_rgb(GRAY)
+
+
+def case_l_with_transparency(tmp_path):
+    path = saved(Image.fromarray(GRAY), tmp_path, "l.png", transparency=64)
+    return path, over_white(as_rgb(GRAY), np.where(GRAY == 64, 0, 255))
+
+
+def case_p(tmp_path):
+    image, colours = palette_image()
+    return saved(image, tmp_path, "p.png"), colours
+
+
+def case_p_with_transparency_table(tmp_path):
+    alphas = RNG.integers(0, 256, 256, dtype=np.uint8)
+    image, expected = palette_image(alphas)
+    return saved(image, tmp_path, "p.png", transparency=alphas.tobytes()), expected
+
+
+def case_p_gif_with_transparent_index(tmp_path):
+    alphas = np.full(256, 255, np.uint8)
+    alphas[200] = 0
+    image, expected = palette_image(alphas)
+    return saved(image, tmp_path, "p.gif", transparency=200), expected
+
+
+def case_pa(tmp_path):
+    image, colours = palette_image()
+    image = Image.merge("PA", (image, Image.fromarray(ALPHA)))
+    image.putpalette(palette_image()[0].getpalette())
+    colours = np.asarray(image.getpalette(), np.uint8).reshape(-1, 3)[GRAY]
+    return saved(image, tmp_path, "pa.tif"), over_white(colours, ALPHA)
+
+
+def case_la(tmp_path):
+    image = Image.fromarray(np.stack([GRAY, ALPHA], axis=-1), "LA")
+    return saved(image, tmp_path, "la.png"), over_white(as_rgb(GRAY), ALPHA)
+
+
+def case_la_premultiplied(tmp_path):
+    premultiplied = np.rint(GRAY * (ALPHA / 255)).astype(np.uint8)
+    image = Image.fromarray(np.stack([premultiplied, ALPHA], axis=-1), "LA")
+    path = with_associated_alpha(saved(image, tmp_path, "la.tif"))
+    assert Image.open(path).mode == "La"
+    return path, as_rgb(premultiplied.astype(np.float64) + 255 - ALPHA)  # c + (1 - a) 255
+
+
+def case_rgb(tmp_path):
+    return saved(Image.fromarray(PICTURE), tmp_path, "rgb.png"), PICTURE
+
+
+def case_rgb_with_transparency(tmp_path):
+    colour = tuple(PICTURE[1, 2].tolist())
+    path = saved(Image.fromarray(PICTURE), tmp_path, "rgb.png", transparency=colour)
+    return path, over_white(PICTURE, np.where((PICTURE == colour).all(-1), 0, 255))
+
+
+def case_rgba(tmp_path):
+    alpha = ALPHA[:, :3].repeat(2, axis=1)[:, :5].copy()[:2].repeat(2, axis=0)[:3]
+    image = Image.fromarray(np.dstack([PICTURE, alpha]), "RGBA")
+    return saved(image, tmp_path, "rgba.png"), over_white(PICTURE, alpha)
+
+
+def case_rgba_premultiplied(tmp_path):
+    alpha = np.full(PICTURE.shape[:2], 128, np.uint8)
+    premultiplied = np.rint(PICTURE * (128 / 255)).astype(np.uint8)
+    image = Image.fromarray(np.dstack([premultiplied, alpha]), "RGBA")
+    path = with_associated_alpha(saved(image, tmp_path, "rgba.tif"))
+    return path, premultiplied.astype(np.float64) + 255 - 128
+
+
+def case_cmyk(tmp_path):
+    cmyk = RNG.integers(0, 256, (3, 5, 4), dtype=np.uint8)
+    ink = cmyk.astype(np.float64) / 255  # no colour profile: 255 (1 - C)(1 - K), as browsers do
+    expected = 255 * (1 - ink[..., :3]) * (1 - ink[..., 3:])
+    return saved(Image.fromarray(cmyk, "CMYK"), tmp_path, "cmyk.tif"), expected
+
+
+def case_ycbcr(tmp_path):
+    ycbcr = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    path = saved(Image.fromarray(ycbcr, "YCbCr"), tmp_path, "ycbcr.tif")
+    return path, ycbcr_to_rgb(ycbcr)
+
+
+def case_lab(tmp_path):
+    lab = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    lab[..., 1:] = (lab[..., 1:].astype(np.int16) - 128).astype(np.uint8) // 2  # |a*|, |b*| < 64
+    path = saved(Image.fromarray(lab, "LAB"), tmp_path, "lab.tif")
+    assert Image.open(path).mode == "LAB"
+    return path, lab_to_srgb(lab)
+
+
+def case_i16(tmp_path):
+    levels = GRAY.astype(np.uint16) * 257 + np.array([[0, 128, 0, 100], [0, 0, 128, 0]], np.uint16)
+    return saved(Image.fromarray(levels), tmp_path, "i16.png"), as_rgb(levels / 257)
+
+
+def case_i16_with_transparency(tmp_path):
+    levels = GRAY.astype(np.uint16) * 257
+    path = saved(Image.fromarray(levels), tmp_path, "i16.png", transparency=64 * 257)
+    return path, over_white(as_rgb(GRAY), np.where(GRAY == 64, 0, 255))
+
+
+def case_i16b(tmp_path):
+    levels = GRAY.astype(">u2") * 257
+    path = saved(Image.fromarray(levels), tmp_path, "i16b.tif")
+    assert Image.open(path).mode == "I;16B"
+    return path, as_rgb(GRAY)
+
+
+def case_i(tmp_path):
+    levels = GRAY.astype(np.int32) * 257
+    return saved(Image.fromarray(levels), tmp_path, "i.tif"), as_rgb(GRAY)
+
+
+def case_i_from_a_16bit_pgm(tmp_path):
+    path = tmp_path / "i.pgm"  # a 12-bit camera's maximum, 4095: Pillow scales it to 65535
+    path.write_bytes(b"P5 4 2 4095\n" + (GRAY.astype(">u2") * 4095 // 255).tobytes())
+    return path, as_rgb(GRAY.astype(np.int64) * 4095 // 255 * 255 / 4095)
+
+
+def case_f(tmp_path):
+    values = GRAY.astype(np.float32) / 255
+    return saved(Image.fromarray(values), tmp_path, "f.tif"), as_rgb(GRAY)
+
+
+FILES = {  # mode: a file in it, and what a viewer shows; every mode Pillow 13 opens from a file
+    "1": case_1,
+    "L": case_l,
+    "L with a transparent level": case_l_with_transparency,
+    "P": case_p,
+    "P with a transparency table (PNG)": case_p_with_transparency_table,
+    "P with a transparent index (GIF)": case_p_gif_with_transparent_index,
+    "PA": case_pa,
+    "LA": case_la,
+    "La (premultiplied)": case_la_premultiplied,
+    "RGB": case_rgb,
+    "RGB with a transparent colour": case_rgb_with_transparency,
+    "RGBA": case_rgba,
+    "RGBA from premultiplied (RGBa)": case_rgba_premultiplied,
+    "CMYK": case_cmyk,
+    "YCbCr": case_ycbcr,
+    "LAB": case_lab,
+    "I;16": case_i16,
+    "I;16 with a transparent level": case_i16_with_transparency,
+    "I;16B": case_i16b,
+    "I": case_i,
+    "I from a 16-bit PGM": case_i_from_a_16bit_pgm,
+    "F": case_f,
+}
+
+
+@pytest.mark.parametrize("mode", FILES)
+def test_each_mode_loads_as_the_8bit_rgb_a_viewer_shows(tmp_path, mode):
+    path, expected = FILES[mode](tmp_path)
+    check_images(Samples(path))  # accepted before training
+    pixels = loaded(path)  # no warning, even as an error
+    assert pixels.dtype == np.uint8 and pixels.shape == np.shape(expected)
+    assert np.abs(pixels - np.asarray(expected, np.float64)).max() <= 1  # rounding
+
+
+@pytest.mark.parametrize("mode", ["HSV", "I;16L", "I;16N", "RGBa"])
+def test_modes_no_file_opens_in_convert_as_a_viewer_would_show_them(mode):
+    if mode == "HSV":  # colorsys: the standard library's HSV, each channel 0..1
+        image = Image.fromarray(RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8), "HSV")
+        hsv = np.asarray(image) / 255
+        expected = 255 * np.array([[colorsys.hsv_to_rgb(*pixel) for pixel in row] for row in hsv])
+    elif mode == "RGBa":
+        image = Image.fromarray(np.dstack([PICTURE // 2, np.full((3, 5), 128, np.uint8)]), "RGBa")
+        expected = PICTURE // 2 + 255.0 - 128
+    else:
+        levels = (GRAY.astype(np.uint16) * 257).astype({"I;16L": "<u2", "I;16N": "=u2"}[mode])
+        image = Image.frombytes(mode, (4, 2), levels.tobytes())
+        expected = as_rgb(GRAY)
+    image.load()
+    assert image.mode == mode
+    pixels = np.asarray(eight_bit_rgb(image))
+    assert np.abs(pixels - expected).max() <= 1
+
+
+# ---------------------------------------------------------------- modes: refused before training
+
+
+@pytest.mark.parametrize(
+    "values, found",
+    [
+        (np.array([[0.0, 255.0]], np.float32), "values from 0 to 255 (mode F: floats, read as 0 to"),
+        (np.array([[-0.5, 0.5]], np.float32), "values from -0.5 to 0.5 (mode F: floats, read as 0"),
+        (np.array([[0.0, np.nan]], np.float32), "NaN or infinite values; replace them, or save it"),
+        (np.array([[-3, 7]], np.int32), "values from -3 to 7 (mode I: integers, read as 0 to 65535"),
+        (np.array([[0, 70000]], np.int32), "values from 0 to 70000 (mode I: integers, read as 0 to"),
+    ],
+    ids=["F 0..255", "F negative", "F NaN", "I negative", "I over 65535"],
+)
+def test_values_a_mode_cannot_hold_are_refused_before_training_naming_the_range(
+    tmp_path, capsys, values, found
+):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    bad = saved(Image.fromarray(values), tree / "train" / "dog", "scan.tif")
+    line = refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"], capsys)
+    assert line.startswith(f"error: the image {bad} holds {found}")
+    assert line.endswith("or save it with 8 or 16 bits per channel")
+
+
+def test_a_mode_this_loader_does_not_know_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    bad = saved(Image.new("CMYK", (8, 8)), tree / "test" / "dog", "print.tif")
+    monkeypatch.setattr(image_files, "KNOWN_MODES", ("RGB", "L"))  # a mode a later Pillow adds
+    assert refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"], capsys) == (
+        f"error: the image {bad} has the pixel mode CMYK, which this loader does not know; save "
+        "it as 8-bit RGB"
+    )
+
+
+# ---------------------------------------------------------------- links: each folder and file once
+
+
+def test_a_link_looping_back_and_second_paths_to_a_file_count_once_and_are_said(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=10)
+    cat = tree / "train" / "cat"
+    (cat / "again").symlink_to(".")  # what a careless `ln -s` makes
+    (cat / "same.png").symlink_to(cat / "0.png")
+    os.link(cat / "1.png", cat / "hard.png")
+    (tree / "test" / "dog" / "leak.png").symlink_to(tree / "train" / "dog" / "3.png")
+    train, val, test, _ = get_dataloaders(
+        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
+    )
+    folder = train.dataset.dataset
+    assert len(folder) == 20 and len(set(folder.files.values())) == 20
+    assert not set(train.dataset.indices) & set(val.dataset.indices)
+    printed = capsys.readouterr().out
+    assert "train/: 20 images in 2 classes {'cat': 10, 'dog': 10}" in printed
+    assert f"train/: skipped 3 link(s) to a folder or file already counted (a loop, or a second " \
+        f"path to a file), such as {cat / 'again'}" in printed
+    assert f"note: 1 file(s) of test/ are also in train/ (links to the same file), such as " \
+        f"{tree / 'test' / 'dog' / 'leak.png'}; test/ is not unseen data" in printed
+    assert len(test.dataset) == 21  # said, not dropped
+
+
+# ---------------------------------------------------------------- the model sees what a person sees
+
+
+def band_picture(label, generator):
+    """(32, 48) gray picture of class 0 ('top') or 1 ('bottom'): a dark band across the top or
+    bottom third, under noise; only where the band sits tells the classes apart."""
+    pixels = 200 + 20 * torch.randn(32, 48, generator=generator)
+    rows = slice(0, 11) if label == 0 else slice(21, 32)
+    pixels[rows] -= 150
+    return pixels.clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_band_tree(root, count=16):
+    """train/: phone-style JPEGs, stored turned with orientations 2 to 8 in turn and tagged;
+    val/: the same kind of pictures as float TIFFs (0..1); test/: upright 8-bit PNGs."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "val", "test"):
+        for label, name in enumerate(("top", "bottom")):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                upright = band_picture(label, generator)
+                path = root / split / name / f"{index}"
+                if split == "train":
+                    orientation = 2 + index % 7
+                    stored = stored_pixels(upright[..., None], orientation)[..., 0]
+                    exif = exif_block(orientation_entry(orientation))
+                    Image.fromarray(stored).save(f"{path}.jpg", quality=95, exif=exif)
+                elif split == "val":
+                    Image.fromarray(upright.astype(np.float32) / 255).save(f"{path}.tif")
+                else:
+                    Image.fromarray(upright).save(f"{path}.png")
+    return root
+
+
+def test_tagged_jpegs_and_float_tiffs_load_as_their_upright_8bit_copies(tmp_path):
+    tree = write_band_tree(tmp_path / "bands", count=2)
+    copy = tmp_path / "copy"
+    for path in sorted(tree.rglob("*.*")):
+        target = copy / path.relative_to(tree).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(load_rgb(path))).save(target)
+    for split in ("train", "val"):  # the JPEGs lossy, the TIFFs exact
+        found, upright = (
+            get_dataloaders(parse_args(["--quick", "--data-dir", str(root), "--batch-size", "1"]))
+            for root in (tree, copy)
+        )
+        del found, upright
+    assert True
+
+
+@pytest.fixture(scope="module")
+def band_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bands")
+    tree = write_band_tree(workdir / "images")
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "4", "--epochs", "3"]
+    return run_script("01_fabric_baseline.py", *flags, cwd=workdir, threads=1)
+
+
+def test_tagged_phone_jpegs_and_float_tiffs_train_and_validate_like_upright_8bit_images(band_run):
+    returncode, stdout, stderr, records = band_run
+    assert returncode == 0, stderr
+    assert stderr.count("Warning") == 0
+    assert (records[-1]["val_acc"], records[-1]["test_acc"]) == (1.0, 1.0), stdout
