@@ -1,18 +1,16 @@
-"""Run the numbered finetuning scripts one after another and compare them in a table, a chart and ratios.
+"""Run the numbered scripts in turn; compare them in a table, a chart and ratios to 01.
 
-    python benchmark.py --synthetic --model vit_b_16 --max-steps 50   # every script: speed and memory
-    python benchmark.py --scripts 01 04 --quick                       # two scripts, about a minute on a CPU
-    python benchmark.py --from-results results/results.jsonl          # run nothing; redo table and chart
-
-Flags the runner does not know go unchanged to every script (see `python 01_fabric_baseline.py --help`).
-Each script runs in its own process, from the repository root, so each has fresh memory statistics.
+Other flags go to every script, which runs in its own process in the folder you are in:
+`python benchmark.py --seeds 5 --scripts 01 04 --quick` compares accuracy over five seeds.
 """
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -20,316 +18,221 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 BASELINE = "01_fabric_baseline.py"
-DIVERGED_EXIT_CODE = (
-    3  # local_utilities.DIVERGED_EXIT_CODE, not imported: that module imports torch (slow --help)
-)
-# Peak RSS growth on a CPU moved by up to 0.07 GB between identical runs (docs/results/): a smaller baseline makes a
-# memory ratio noise. A record may state its own resolution as memory_resolution_gb.
+DIVERGED_EXIT_CODE = 3  # nan_check's; not imported, as that module imports torch
+SHARED_PROBLEM_EXIT_CODE = 2  # processes.INPUT_ERROR: flags, data, network or weights
+SHARED_PROBLEM = "every script would stop the same way; fix that and run again"
+# Peak RSS growth on a CPU moved by up to 0.07 GB between identical runs (docs/results/): a
+# smaller baseline makes a memory ratio noise. A record may state its own: memory_resolution_gb.
 MEMORY_RESOLUTION_GB = 0.1
 BELOW_RESOLUTION = "below resolution"
-RECORD_KEYS = (
-    "script",
-    "precision",
-    "device_name",
-    "world_size",
-    "model",
-    "data",
-    "epochs",
-    "batch_size",
-    "steps",
-    "matmul_precision",
-    "train_time_s",
-    "images_per_s",
-    "data_wait_share",
-    "peak_memory_gb",
-    "memory_measure",
-    "train_acc",
-    "val_acc",
-    "test_acc",
-    "diverged",
-    "versions",
-)  # what the runner reads
-NUMBER_KEYS = (
-    "world_size",
-    "epochs",
-    "batch_size",
-    "steps",
-    "train_time_s",
-    "images_per_s",
-    "data_wait_share",
-    "peak_memory_gb",
-    "train_acc",
-    "val_acc",
-    "test_acc",
-)
+# Runs that agree on these are repeats of one setting; only runs of one setting are compared.
+SETTING_KEYS = ("model", "data", "batch_size", "epochs", "steps", "world_size", "device_name")
+SETTING_KEYS += ("matmul_precision", "learning_rate")
+NUMBER_KEYS = ("world_size", "epochs", "batch_size", "steps", "train_time_s", "images_per_s")
+NUMBER_KEYS += ("data_wait_share", "peak_memory_gb", "train_acc", "val_acc", "test_acc")
+RECORD_KEYS = ("script", "precision", "device_name", *NUMBER_KEYS, "model", "data", "diverged")
+RECORD_KEYS += ("matmul_precision", "memory_measure", "versions")  # what the runner reads
+COLUMNS = ["Script", "Model", "Precision in effect", "Matmul precision", "Training time (s)"]
+COLUMNS += ["Images/s", "First step (s)", "Time/step (s)", "Time/step vs 01", "Data wait", "MFU"]
+COLUMNS += ["Peak memory (GB)", "Memory vs 01", "Time/step vs parent", "Memory vs parent"]
+COLUMNS += ["Pays off vs parent after", "Train acc. (%)", "Val acc. (%)", "Test acc. (%)"]
+COLUMNS += ["Test acc. vs 01 (points)", "SD over seeds (points)", "Min–max over seeds (%)"]
+COLUMNS += ["Vs 01, paired by seed", "Vs parent, paired by seed", "Result"]
+SPEED = ["Script", "First step (s)", "Time/step (s)", "Time/step vs 01", "Memory vs 01"]
+SPEED += ["Time/step vs parent", "Memory vs parent", "Pays off vs parent after", "Data wait"]
+TEXT = [*COLUMNS[:4], *COLUMNS[-3:]]  # left-aligned: names, verdicts, results
+ACCURACY = ["Script", *COLUMNS[18:]]  # from "Test acc. (%)" on: the terminal's second table
+CHART = [  # panel title, record key, scale, the table columns of the value and its ratio to 01
+    ("Time per step, steady state (s)", "seconds_per_step", 1, "Time/step (s)", "Time/step vs 01"),
+    ("Peak memory (GB)", "peak_memory_gb", 1, "Peak memory (GB)", "Memory vs 01"),
+    ("Test accuracy (%)", "test_acc", 100, "Test acc. (%)", "Test acc. vs 01 (points)"),
+]
+REPEATED = "Several runs of a script: its run of median images/s, and its mean accuracy."
+PARENT = "vs parent: a lettered script (04b) against its number (04); pays off after: the steps "
+PARENT += "its faster steps take to repay its slower first step (compilation, for 04c)."
 
 
 def parse_args(argv):
-    """The runner's own options, and the rest of the command line, which goes to every script."""
-    parser = argparse.ArgumentParser(
-        description="Run the numbered scripts in turn; write OUT/results.jsonl, OUT/results.md (table) and "
-        "OUT/results.png (chart), and print the ratios to 01_fabric_baseline.py.",
-        allow_abbrev=False,
-        epilog="Any other flag (e.g. --quick, --synthetic, --model vit_b_16, --max-steps 50) is passed to every "
-        "script; relative paths in them are taken from the repository root.",
-    )
-    parser.add_argument(
-        "--scripts",
-        nargs="+",
-        metavar="SCRIPT",
-        help="by number (01 04), file name or path; default: every numbered script next to benchmark.py",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("results"), help="output folder (default: results/)"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run the scripts N times, taking turns, and report each script's median run (default 1)",
-    )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="FILE",
-        help="run nothing: tabulate and chart this JSON-lines file of records",
-    )
+    """The runner's options, and the scripts' flags. Errors: exits 2 with one sentence."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    add = parser.add_argument
+    add("--scripts", nargs="+", metavar="SCRIPT", help="by number (01 04), file name or path")
+    add("--out", type=Path, default=Path("results"), help="folder for results.jsonl, .md, .png")
+    add("--append", action="store_true", help="add to the records in OUT/results.jsonl")
+    add("--repeats", type=int, default=1, metavar="N", help="N runs each; tabulate the median")
+    add("--seeds", type=int, nargs="+", metavar="SEED", help="N (seeds 1 to N) or a list of seeds")
+    add("--from-results", type=Path, metavar="FILE", help="run nothing; tabulate FILE's records")
     args, script_args = parser.parse_known_args(argv)
-    if any(arg == "--results" or arg.startswith("--results=") for arg in script_args):
-        parser.error(
-            "the runner passes --results OUT/results.jsonl itself; choose the folder with --out"
-        )
-    if args.from_results and (script_args or args.scripts):
-        parser.error(
-            f"--from-results runs no script; drop {shlex.join(script_args or ['--scripts'])}"
-        )
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    runs = bool(script_args or args.scripts or args.seeds or args.append or args.repeats != 1)
+    results = args.out / "results.jsonl"
+    if any(arg.split("=")[0] in ("--results", "--seed") for arg in script_args):
+        parser.error("the runner passes --results and (for --seeds) --seed itself; drop them")
+    if args.from_results and runs:
+        parser.error("--from-results runs no script; drop the other flags but --out")
+    count = args.seeds[0] if args.seeds and len(args.seeds) == 1 else args.repeats
+    if count < 1 or (args.seeds and args.repeats > 1):
+        parser.error("give --repeats N or --seeds N (one of them), N at least 1")
     if args.out.exists() and not args.out.is_dir():
-        parser.error(
-            f"--out {args.out} is a file; give a folder for results.jsonl, results.md and results.png"
-        )
-    if (
-        args.from_results
-    ):  # read here, so that a bad file stops the runner with one sentence, like a bad flag
-        try:
-            args.records = read_results(args.from_results)
-        except ValueError as error:
-            parser.error(str(error))
+        parser.error(f"--out {args.out} is a file; give a folder for results.jsonl, .md and .png")
+    if results.is_file() and results.stat().st_size and not (args.append or args.from_results):
+        parser.error(f"{results} holds earlier records; add --append to add to them")
+    if args.seeds and len(args.seeds) == 1:  # a number of seeds
+        args.seeds = list(range(1, args.seeds[0] + 1))
     return args, script_args
 
 
 def find_scripts(selection):
-    """The scripts to run: every numbered script in the repository, or those named by number, file name or path."""
+    """The numbered scripts, or those named by number, file name or path. Errors: ValueError."""
     available = sorted(REPO.glob("[0-9][0-9]*_*.py"))
     chosen = []
     for entry in selection or [path.name for path in available]:
-        matches = [
-            path
-            for path in available
-            if entry in (path.name, path.stem) or path.name.startswith(entry + "_")
-        ]
-        if not matches:  # any other script: a path from here or a file in the repository
-            matches = [path.resolve() for path in (Path(entry), REPO / entry) if path.is_file()][:1]
+        matches = [path for path in available if entry in (path.name, path.stem)]
+        matches = matches or [path for path in available if path.name.startswith(entry + "_")]
+        if not matches and Path(entry).is_file():  # any other script, from the folder you are in
+            matches = [Path(entry).resolve()]
         if not matches:
-            sys.exit(
-                f"error: no script matches {entry!r}; choose from {', '.join(p.name for p in available)}"
-            )
+            names = ", ".join(path.name for path in available)
+            raise ValueError(f"no script matches {entry!r}; choose from {names}")
         chosen += matches
     return chosen
 
 
-def load_records(path):
-    """The records of a JSON-lines results file, one dict per non-empty line."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def read_results(path):
-    """The records of a --from-results file; a ValueError saying what is wrong if they are not the scripts' records."""
+def read_results(path, offset=0):
+    """The records in a JSON-lines file after offset bytes, and a sentence per line skipped as
+    not JSON (a run killed while writing). Errors: ValueError for JSON that is no record."""
     if not path.is_file():
-        raise ValueError(f"--from-results {path}: no such file")
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+        return [], []
+    lines = path.read_bytes()[offset:].decode(errors="replace").splitlines()
+    records, skipped = [], []
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(
-                f"{path} line {number} is not JSON: --from-results takes the JSON-lines file the scripts "
-                "write with --results"
-            ) from None
-        missing = (
-            [key for key in RECORD_KEYS if key not in record]
-            if isinstance(record, dict)
-            else ["every key"]
-        )
-        if missing:
-            raise ValueError(
-                f"{path} line {number} is not a results record: it lacks {', '.join(missing)}"
-            )
-        wrong = [
-            key for key in NUMBER_KEYS if not isinstance(record[key], (int, float, type(None)))
-        ]
-        if wrong:
-            raise ValueError(
-                f"{path} line {number} is not a results record: {', '.join(wrong)} should be numbers"
-            )
+            if line.strip():
+                skipped.append(f"{path} line {number} is not a whole JSON record; skipped it")
+            continue
+        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+        numbers = (int, float, type(None))
+        wrong = [key for key in NUMBER_KEYS if not missing and not isinstance(record[key], numbers)]
+        if missing or wrong:
+            problem = f"it lacks {', '.join(missing)}" if missing else f"{wrong} are no numbers"
+            raise ValueError(f"{path} line {number} is not a results record: {problem}")
         records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no records")
-    return records
+    return records, skipped
+
+
+def run_script(script, script_args, results_file):
+    """Run a script, echoing its output: its record, or a crashed row with its reason (the last
+    "error: " line). Errors: KeyboardInterrupt once the script stopped (terminated after 10 s)."""
+    offset = results_file.stat().st_size if results_file.exists() else 0
+    command = [sys.executable, str(script), *script_args, "--results", str(results_file)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    reason, last_line = None, "no output"
+    try:
+        for line in process.stdout:
+            line = line.decode(errors="replace").rstrip()
+            print(f"    {line}", flush=True)
+            last_line = line.strip() or last_line
+            if "error: " in line:  # the scripts' "error: ..." and argparse's "x.py: error: ..."
+                reason = line[line.index("error: ") :]
+        exit_code = process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=10)  # the script got the terminal's SIGINT too
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            process.terminate()
+            process.wait()
+        raise
+    records = read_results(results_file, offset)[0]
+    if exit_code in (0, DIVERGED_EXIT_CODE) and records:
+        return records[-1]
+    reason = reason or last_line
+    return {"script": script.name, "crashed": True, "exit_code": exit_code, "reason": reason}
+
+
+def run_all(scripts, script_args, results_file, seeds):
+    """Run each script once per seed (None: its own), taking turns; stop at an exit status 2.
+    Returns a record or crashed row per run. Errors: Ctrl-C exits 130 with one line."""
+    runs = [(script, seed) for seed in seeds for script in scripts]
+    rows, start = [], time.perf_counter()
+    for number, (script, seed) in enumerate(runs, 1):
+        elapsed = time.perf_counter() - start
+        seed_args = ["--seed", str(seed)] if seed is not None else []
+        label = " ".join([script.name, *seed_args])
+        left = ""
+        if number > 1:  # scripts differ in speed many times over: only a guess
+            left = clock(elapsed / (number - 1) * (len(runs) - number + 1))
+            left = f"; about {left} left if the rest run as fast as the finished ones"
+        print(f"[{number}/{len(runs)}] {label}  (elapsed {clock(elapsed)}{left})", flush=True)
+        try:
+            row = run_script(script, script_args + seed_args, results_file)
+        except KeyboardInterrupt:
+            kept = f"{len(read_results(results_file)[0])} record(s) kept in {results_file}"
+            print(f"interrupted during {label}; {kept}", file=sys.stderr)
+            sys.exit(130)  # the status a shell gives a program stopped by Ctrl-C
+        rows.append({"seed": seed, "label": label, **row})
+        print(f"    -> {outcome(row)} after {clock(time.perf_counter() - start - elapsed)}")
+        if row.get("exit_code") == SHARED_PROBLEM_EXIT_CODE:
+            return rows
+    print(f"All {len(runs)} run(s) done in {clock(time.perf_counter() - start)}")
+    return rows
+
+
+def clock(seconds):
+    """Seconds as MM:SS, or as HH:MM:SS from an hour on."""
+    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
+
+
+def outcome(row):
+    """'ok', 'diverged', or 'crashed (exit N)' for a record or a crashed row."""
+    if not row.get("crashed"):
+        return "diverged" if row["diverged"] else "ok"
+    no_record = ", no record" if row["exit_code"] in (0, DIVERGED_EXIT_CODE) else ""
+    return f"crashed (exit {row['exit_code']}{no_record})"
+
+
+def by_setting(rows):
+    """[(settings, a row per script, ratios)]; a row lacking settings joins the last that fits."""
+    groups = []  # (settings, rows)
+    for row in rows:
+        known = {key: row[key] for key in SETTING_KEYS if row.get(key) is not None}
+        if row.get("diverged"):
+            known.pop("steps", None)  # it stopped early, whatever it was asked to run
+        if row.get("data") == "synthetic":  # accuracy on memorised noise: left out
+            row = {**row, "train_acc": None, "val_acc": None, "test_acc": None}
+        agreeing = [g for g in groups if all(g[0].get(k, v) == v for k, v in known.items())]
+        if not agreeing:
+            groups.append((known, [row]))
+            continue
+        agreeing[-1][0].update(known)
+        agreeing[-1][1].append(row)
+    return [(known, median_runs(rows), ratios(median_runs(rows))) for known, rows in groups]
 
 
 def median_runs(rows):
-    """One row per script: its run with the median images/s (so the row's numbers belong together)."""
+    """Per script its run of median images/s, with mean accuracies (fractions) and all "runs"."""
     by_script = {}
     for row in rows:
         by_script.setdefault(row["script"], []).append(row)
     summary = []
     for runs in by_script.values():
-        crashed = [run for run in runs if run.get("crashed")]
-        ranked = sorted(runs, key=lambda run: run["images_per_s"] or 0) if not crashed else crashed
-        summary.append(
-            {
-                **ranked[(len(ranked) - 1) // 2],
-                "all_images_per_s": [run.get("images_per_s") for run in runs],
-            }
-        )
+        finished = [run for run in runs if outcome(run) == "ok"]
+        ranked = finished or [run for run in runs if not run.get("crashed")] or runs
+        ranked = sorted(ranked, key=lambda run: run.get("images_per_s") or 0)
+        summary.append({**ranked[(len(ranked) - 1) // 2], "runs": runs})
+        for key in ("train_acc", "val_acc", "test_acc"):
+            values = [run[key] for run in finished if run[key] is not None]
+            if values:
+                summary[-1][key] = statistics.mean(values)
     return summary
 
 
-def drop_synthetic_accuracy(row):
-    """Accuracy on --synthetic data (a few random images, memorised) means nothing: leave it out of the comparison."""
-    if row.get("data") != "synthetic":
-        return row
-    return {**row, "train_acc": None, "val_acc": None, "test_acc": None}
-
-
-def outcome(row):
-    """'ok', 'diverged', or 'crashed (exit N)' for a record or a crashed row."""
-    if row.get("crashed"):
-        no_record = ", no record" if row["exit_code"] in (0, DIVERGED_EXIT_CODE) else ""
-        return f"crashed (exit {row['exit_code']}{no_record})"
-    return "diverged" if row["diverged"] else "ok"
-
-
-def clock(seconds):
-    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
-
-
-def run_script(script, script_args, results_file):
-    """Run one script in its own process, echoing its output; return its record, or a crashed row."""
-    before = len(load_records(results_file)) if results_file.exists() else 0
-    process = subprocess.Popen(
-        [sys.executable, str(script), *script_args, "--results", str(results_file)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in process.stdout:
-        if line.strip():
-            print("    " + line.rstrip(), flush=True)
-    exit_code = process.wait()
-    new_records = load_records(results_file)[before:] if results_file.exists() else []
-    if exit_code in (0, DIVERGED_EXIT_CODE) and new_records:
-        return new_records[-1]
-    return {"script": script.name, "crashed": True, "exit_code": exit_code}
-
-
-def run_all(scripts, script_args, results_file, repeats=1):
-    """Run the scripts in turn, `repeats` rounds, with progress and the time left; return one row per run."""
-    results_file.unlink(missing_ok=True)
-    rows, start = [], time.perf_counter()
-    runs = [
-        script for _ in range(repeats) for script in scripts
-    ]  # taking turns: drift hits every script alike
-    for number, script in enumerate(runs, 1):
-        elapsed = time.perf_counter() - start
-        left = (
-            f"; about {clock(elapsed / (number - 1) * (len(runs) - number + 1))} left if the rest run as fast as "
-            "the finished ones"
-            if number > 1
-            else ""
-        )  # scripts differ in speed many times over: only a guess
-        print(f"[{number}/{len(runs)}] {script.name}  (elapsed {clock(elapsed)}{left})", flush=True)
-        script_start = time.perf_counter()
-        rows.append(run_script(script, script_args, results_file))
-        print(
-            f"    -> {outcome(rows[-1])} after {clock(time.perf_counter() - script_start)}",
-            flush=True,
-        )
-    print(f"All {len(runs)} run(s) done in {clock(time.perf_counter() - start)}")
-    return rows
-
-
-def distinct(records, describe):
-    """The different values of describe(record) over the records, joined by ' / '."""
-    return " / ".join(dict.fromkeys(describe(record) for record in records)) or "unknown"
-
-
-def hardware(records):
-    return distinct(records, lambda r: f"{r['device_name']} x {r['world_size']} process(es)")
-
-
-def package_versions(records):
-    return distinct(
-        records, lambda r: ", ".join(f"{name} {value}" for name, value in r["versions"].items())
-    )
-
-
-def readable(value):
-    """A number with enough digits to read at any size (1391.5, 2.74, 0.0213); '–' for none."""
-    if value is None:
-        return "–"
-    return f"{value:.1f}" if value >= 10 else f"{value:#.3g}"
-
-
-def cell(value, template="{:.2f}", scale=1):
-    """A formatted number; '–' for none; a note such as BELOW_RESOLUTION as it is."""
-    if value is None:
-        return "–"
-    return value if isinstance(value, str) else template.format(value * scale)
-
-
 def seconds_per_step(row):
-    """Steady-state seconds per optimizer step (after warm-up): the record's own, or from its images/s."""
-    if row.get("seconds_per_step") is not None:
-        return row["seconds_per_step"]
-    return (
-        row["batch_size"] * row["world_size"] / row["images_per_s"]
-        if row.get("images_per_s")
-        else None
-    )
-
-
-def memory_resolution(record):
-    return record.get("memory_resolution_gb") or MEMORY_RESOLUTION_GB
-
-
-def last_finished(rows, name_start):
-    """The last finished (neither crashed nor diverged) record whose script name starts with name_start, or None."""
-    return next(
-        (
-            row
-            for row in reversed(rows)
-            if row["script"].startswith(name_start) and outcome(row) == "ok"
-        ),
-        None,
-    )
-
-
-def baseline(rows):
-    return last_finished(rows, BASELINE)
-
-
-def parent_number(script):
-    """'04' for a lettered branch such as 04b_fabric_bf16true_kahan.py, None for any other script."""
-    match = re.match(r"(\d\d)[a-z]+_", script)
-    return match and match.group(1)
+    """Seconds per optimizer step after warm-up: the record's own, or from its images/s."""
+    if row.get("seconds_per_step") is None and row.get("images_per_s"):
+        return row["batch_size"] * row["world_size"] / row["images_per_s"]
+    return row.get("seconds_per_step")
 
 
 def compare(row, base):
@@ -337,364 +240,258 @@ def compare(row, base):
     if base is None or outcome(row) != "ok":
         return None, None
     step, base_step = seconds_per_step(row), seconds_per_step(base)
+    time_ratio = step / base_step if step and base_step else None
     memory, base_memory = row["peak_memory_gb"], base["peak_memory_gb"]
     if memory is None or base_memory is None:
-        memory_ratio = None
-    elif base_memory < memory_resolution(base):  # dividing by a number this small gives noise
-        memory_ratio = BELOW_RESOLUTION
-    else:
-        memory_ratio = memory / base_memory
-    return (step / base_step if step and base_step else None), memory_ratio
+        return time_ratio, None
+    if base_memory < base.get("memory_resolution_gb", MEMORY_RESOLUTION_GB):
+        return time_ratio, BELOW_RESOLUTION  # dividing by a number this small gives noise
+    return time_ratio, memory / base_memory
+
+
+def pays_off(row, parent):
+    """After how many steps faster steps repay a slower first step (compiling: 04c), or None."""
+    if parent is None or outcome(row) != "ok":
+        return None
+    first, step = row.get("first_step_s"), seconds_per_step(row)
+    parent_first, parent_step = parent.get("first_step_s"), seconds_per_step(parent)
+    if None in (first, step, parent_first, parent_step):
+        return None
+    if step >= parent_step:
+        return "never, at this speed"
+    steps = (first - parent_first) / (parent_step - step)
+    return f"{math.ceil(steps)} steps" if steps > 0 else "at once"
 
 
 def ratios(rows):
-    """Per row: time per step and peak memory as multiples of 01's, test-accuracy change in points; for a lettered
-    branch (04b), also as multiples of its parent's (04). The table, the chart and the terminal all show these."""
-    base = baseline(rows)
+    """Per row of one setting: its comparisons with 01 and a lettered script's (04b) parent (04)."""
+    finished = [row for row in rows if outcome(row) == "ok"]
+    base = next((row for row in reversed(finished) if row["script"] == BASELINE), None)
     comparisons = []
     for row in rows:
-        parent = parent_number(row["script"])
-        entry = {
-            "script": row["script"],
-            "data_wait_share": row.get("data_wait_share"),
-            "test_acc_points": None,
-            "parent": parent,
-        }
+        match = re.match(r"(\d\d)[a-z]+_", row["script"])  # a lettered branch: its number
+        parent = match.group(1) if match else None
+        parents = [other for other in finished if other["script"].startswith(f"{parent}_")]
+        parent_row = parents[-1] if parents else None
+        entry = {"parent": parent, "test_acc_points": None, "pays_off": pays_off(row, parent_row)}
         entry["time_per_step"], entry["memory"] = compare(row, base)
-        parent_record = parent and last_finished(rows, parent + "_")
-        entry["parent_time_per_step"], entry["parent_memory"] = compare(row, parent_record)
-        if (
-            base
-            and outcome(row) == "ok"
-            and row["test_acc"] is not None
-            and base["test_acc"] is not None
-        ):
+        entry["parent_time_per_step"], entry["parent_memory"] = compare(row, parent_row)
+        entry["seeds_vs_01"], entry["seeds_vs_parent"] = paired(row, base), paired(row, parent_row)
+        if base and outcome(row) == "ok" and None not in (row["test_acc"], base["test_acc"]):
             entry["test_acc_points"] = (row["test_acc"] - base["test_acc"]) * 100
         comparisons.append(entry)
     return comparisons
 
 
-def footnotes(records, comparisons):
-    """The sentences that explain a parent comparison or a ratio left out as below resolution, where there is one."""
-    notes = []
-    if any(ratio["parent"] for ratio in comparisons):
-        notes.append(
-            "A lettered script (such as 04b) is also compared with its parent, the script of its number (04), "
-            'as "vs parent" or "vs 04"; – where the parent diverged, crashed or did not run.'
-        )
-    if any(BELOW_RESOLUTION in (ratio["memory"], ratio["parent_memory"]) for ratio in comparisons):
-        notes.append(
-            f'"{BELOW_RESOLUTION}": the peak memory compared with is under the memory measurement\'s '
-            f"resolution ({distinct(records, lambda r: f'{memory_resolution(r):g}')} GB), so a ratio to it "
-            "would be noise."
-        )
-    return notes
+def accuracy_by_seed(row):
+    """{seed: test accuracy in percent} of a script's finished runs (a repeated seed: the mean)."""
+    by_seed = {}
+    for run in row.get("runs", [row]):
+        if outcome(run) == "ok" and run.get("test_acc") is not None:
+            by_seed.setdefault(run.get("seed"), []).append(run["test_acc"] * 100)
+    return {seed: statistics.mean(values) for seed, values in by_seed.items()}
 
 
-def format_table(rows, comparisons, command):
-    """results.md: a sentence of conditions, one table row per script, then hardware, versions and command."""
-    records = [row for row in rows if not row.get("crashed")]
-    finished = [r for r in records if not r["diverged"]] or records
-    repeats = max(len(row.get("all_images_per_s", [None])) for row in rows)
-    lines = [
-        f"{len(rows)} script(s), each in its own process, trained {distinct(records, lambda r: r['model'])} on "
-        f"{distinct(records, lambda r: r['data'])} data for {distinct(finished, lambda r: str(r['epochs']))} "
-        f"epoch(s), {distinct(finished, lambda r: str(r['steps']))} steps, at batch size "
-        f"{distinct(records, lambda r: str(r['batch_size']))} per device. Time/step is the mean time of an "
-        "optimizer step after the warm-up steps; every ratio compares it, while the training time also counts "
-        "warm-up and validation."
-        + (
-            " Accuracy on generated data means nothing and is left out."
-            if any(r["data"] == "synthetic" for r in records)
-            else ""
-        )
-        + (
-            f" Each script ran {repeats} times, taking turns; its row is the run with the median images/s, and the "
-            "last column lists every run's images/s."
-            if repeats > 1
-            else ""
-        ),
-        "",
+def paired(row, other):
+    """The verdict on row's test accuracy minus other's, seed by seed; None under two pairs."""
+    if other is None or other is row:
+        return None
+    accuracy, base = accuracy_by_seed(row), accuracy_by_seed(other)
+    differences = [accuracy[seed] - base[seed] for seed in accuracy if seed in base]
+    return verdict(differences) if len(differences) > 1 else None
+
+
+def verdict(differences):
+    """Two or more differences (points) in words, by the 95% t interval of their mean."""
+    mean, pairs = statistics.mean(differences), len(differences)
+    try:
+        from scipy import stats  # the runner's dependency, not the scripts'
+    except ImportError:
+        return f"{mean:+.2f} points over {pairs} seeds"
+    half = float(stats.t.ppf(0.975, pairs - 1)) * statistics.stdev(differences) / math.sqrt(pairs)
+    interval = f"95% interval {mean - half:+.2f} to {mean + half:+.2f}"
+    if mean - half <= 0 and mean + half >= 0:
+        return f"within seed noise ({mean:+.2f} points, {interval})"
+    return f"{'lower' if mean < 0 else 'higher'} by {abs(mean):.2f} points ({interval})"
+
+
+def cell(value, template=None, scale=1):
+    """A number as text: by template, else 3 significant digits below 10 (2.74) or 1391.5."""
+    if value is None or isinstance(value, str):
+        return value or "–"
+    template = template or ("{:.1f}" if value >= 10 else "{:#.3g}")
+    return template.format(value * scale)
+
+
+def table_cells(row, ratio):
+    """A script's row of the tables as {column: text}; a crashed row has its script and result."""
+    result = ", ".join(sorted({outcome(run) for run in row["runs"]}))  # ok: all runs finished
+    cells = {"Script": row["script"], "Result": result if result == "ok" else f"**{result}**"}
+    if row.get("crashed"):
+        return cells
+    seeds = list(accuracy_by_seed(row).values())
+    texts = [row["model"], row["precision"], row["matmul_precision"], cell(row["train_time_s"])]
+    texts += [cell(row["images_per_s"]), cell(row.get("first_step_s"))]
+    texts += [cell(seconds_per_step(row)), cell(ratio["time_per_step"], "{:.2f}x")]
+    texts += [cell(row["data_wait_share"], "{:.1%}"), cell(row.get("mfu"), "{:.1%}")]
+    texts += [cell(row["peak_memory_gb"], "{:.2f}"), cell(ratio["memory"], "{:.2f}x")]
+    texts += [cell(ratio["parent_time_per_step"], "{:.2f}x")]
+    texts += [cell(ratio["parent_memory"], "{:.2f}x"), cell(ratio["pays_off"])]
+    texts += [cell(row[key], "{:.1f}", 100) for key in ("train_acc", "val_acc", "test_acc")]
+    texts += [cell(ratio["test_acc_points"], "{:+.1f}"), "–", "–"]
+    if len(seeds) > 1:
+        texts[-2:] = [f"{statistics.stdev(seeds):.2f}", f"{min(seeds):.1f}–{max(seeds):.1f}"]
+    texts += [cell(ratio["seeds_vs_01"]), cell(ratio["seeds_vs_parent"])]
+    cells.update(zip(COLUMNS[1:-1], texts, strict=True))
+    return cells
+
+
+def table(columns, rows):
+    """A Markdown table of the columns with a value, padded to line up in a terminal too."""
+    shown = ("Script", "First step (s)")  # the first step's time: "–" in older records
+    columns = [n for n in columns if n in shown or any(row.get(n, "–") != "–" for row in rows)]
+    texts = [columns] + [[row.get(name, "–") for name in columns] for row in rows]
+    widths = [max(len(line[i]) for line in texts) for i in range(len(columns))]
+    lines = []
+    for line in texts:  # text left-aligned, numbers right-aligned
+        pairs = zip(line, widths, columns, strict=True)
+        cells = [t.ljust(w) if name in TEXT else t.rjust(w) for t, w, name in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    ends = ["-" if name in TEXT else ":" for name in columns]  # Markdown's alignment marks
+    rules = ["-" * (width + 1) + end for width, end in zip(widths, ends, strict=True)]
+    return lines[:1] + ["|" + "|".join(rules) + "|"] + lines[1:]
+
+
+def notes(groups):
+    """The sentences that explain what the tables hold, where they hold it."""
+    rows = [row for _, group_rows, _ in groups for row in group_rows]
+    comparisons = [ratio for _, _, group_ratios in groups for ratio in group_ratios]
+    resolution = {r.get("memory_resolution_gb", MEMORY_RESOLUTION_GB) for r in rows}
+    seeded = any(ratio["seeds_vs_01"] or ratio["seeds_vs_parent"] for ratio in comparisons)
+    below = any(BELOW_RESOLUTION in (r["memory"], r["parent_memory"]) for r in comparisons)
+    notes = [
+        (True, "Time/step: the mean of the steps after warm-up, which every ratio compares."),
+        (any(r.get("data") == "synthetic" for r in rows), "Accuracy on generated data: left out."),
+        (any(len(r["runs"]) > 1 for r in rows), REPEATED),
+        (seeded, "Paired by seed: differences of runs with the same weights and data order."),
+        (any(r["parent"] for r in comparisons), PARENT),
+        (below, f"{BELOW_RESOLUTION}: the baseline's peak memory is under {max(resolution)} GB."),
+        (seeded and "interval" not in verdict([0, 1]), "For 95% intervals: pip install scipy"),
     ]
-    table = []
-    for row, ratio in zip(rows, comparisons):
-        cells = {"Script": row["script"]}
-        if not row.get("crashed"):
-            cells.update(
-                {
-                    "Model": row["model"],
-                    "Precision in effect": row["precision"],
-                    "Matmul precision": row["matmul_precision"],
-                    "Training time (s)": readable(row["train_time_s"]),
-                    "Images/s": readable(row["images_per_s"]),
-                    "Time/step (s)": readable(seconds_per_step(row)),
-                    "Time/step vs 01": cell(ratio["time_per_step"], "{:.2f}x"),
-                    "Data wait": cell(row["data_wait_share"], "{:.1%}"),
-                    "MFU": cell(row.get("mfu"), "{:.1%}"),
-                    "Peak memory (GB)": cell(row["peak_memory_gb"]),
-                    "Memory vs 01": cell(ratio["memory"], "{:.2f}x"),
-                    "Time/step vs parent": cell(ratio["parent_time_per_step"], "{:.2f}x"),
-                    "Memory vs parent": cell(ratio["parent_memory"], "{:.2f}x"),
-                    **{
-                        name: cell(row[key], "{:.1f}", 100)
-                        for name, key in (
-                            ("Train acc. (%)", "train_acc"),
-                            ("Val acc. (%)", "val_acc"),
-                            ("Test acc. (%)", "test_acc"),
-                        )
-                    },
-                }
-            )
-        cells["Result"] = outcome(row) if outcome(row) == "ok" else f"**{outcome(row)}**"
-        if repeats > 1:
-            cells["Images/s of every run"] = ", ".join(
-                readable(value) for value in row.get("all_images_per_s", [])
-            )
-        table.append(cells)
-    header = [
-        "Script",
-        "Model",
-        "Precision in effect",
-        "Matmul precision",
-        "Training time (s)",
-        "Images/s",
-        "Time/step (s)",
-        "Time/step vs 01",
-        "Data wait",
-        "MFU",
-        "Peak memory (GB)",
-        "Memory vs 01",
-        "Time/step vs parent",
-        "Memory vs parent",
-        "Train acc. (%)",
-        "Val acc. (%)",
-        "Test acc. (%)",
-        "Result",
-        "Images/s of every run",
-    ]
-    header = [
-        name
-        for name in header  # a column with no value in any row says nothing
-        if name == "Script" or any(cells.get(name, "–") not in ("–", "") for cells in table)
-    ]
-    text_columns = (
-        "Script",
-        "Model",
-        "Precision in effect",
-        "Matmul precision",
-        "Result",
-        "Images/s of every run",
-    )
-    lines += [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if name in text_columns else "---:" for name in header) + "|",
-    ]
-    lines += ["| " + " | ".join(cells.get(name, "–") for name in header) + " |" for cells in table]
-    lines += [
-        "",
-        *footnotes(records, comparisons),
-        f"Hardware: {hardware(records)}.",
-        f"Versions: {package_versions(records)}.",
-    ]
-    if records:
-        lines.append(
-            f"Peak memory is what each script measured, e.g. {records[0]['script']}: {records[0]['memory_measure']}."
-        )
-    return "\n".join(lines + ["", "Produced by:", "", "```", command, "```", ""])
-
-
-def print_ratios(rows, comparisons):
-    """The ratios to 01 (and a branch's to its parent) and the data-wait share of every script, for the terminal."""
-    width = max(len(row["script"]) for row in rows) + 2
-    print(
-        f"\nCompared with {BASELINE}: time per step in steady state (after warm-up) and peak memory as multiples of "
-        "01's (under 1x is less), test accuracy in percentage points:"
-    )
-    print(
-        f"  {'Script':<{width}}{'Time/step (s)':>14}{'vs 01':>8}{'Memory vs 01':>18}{'Test acc.':>11}"
-        f"{'Data wait':>11}"
-    )
-    for row, ratio in zip(rows, comparisons):
-        if outcome(row) != "ok":
-            print(f"  {row['script']:<{width}}{outcome(row):>14}")
-            continue
-        print(
-            f"  {row['script']:<{width}}{readable(seconds_per_step(row)):>14}"
-            f"{cell(ratio['time_per_step'], '{:.2f}x'):>8}{cell(ratio['memory'], '{:.2f}x'):>18}"
-            f"{cell(ratio['test_acc_points'], '{:+.1f} pp'):>11}{cell(ratio['data_wait_share'], '{:.1%}'):>11}"
-        )
-        if ratio["parent"]:
-            print(
-                f"  {'  vs ' + ratio['parent']:<{width}}{'':>14}{cell(ratio['parent_time_per_step'], '{:.2f}x'):>8}"
-                f"{cell(ratio['parent_memory'], '{:.2f}x'):>18}"
-            )
-    if baseline(rows) is None:
-        print(f"  (no finished {BASELINE} record, so no ratios to it)")
-    for note in footnotes([row for row in rows if not row.get("crashed")], comparisons):
-        print("  " + note)
-    print(
-        "  A script that waits for data a large share of its step time is data-bound: precision cannot speed it up."
-    )
-
-
-def bar(value, shown, ratios):
-    """A chart bar: its length and the text beside it, the value then its ratios in brackets; a note if not measured."""
-    if value is None:
-        return None, "not measured"
-    ratios = list(
-        dict.fromkeys(ratio for ratio in ratios if ratio != "–")
-    )  # "below resolution" once is enough
-    return value, f"{shown}  ({', '.join(ratios)})" if ratios else shown
+    return [sentence for needed, sentence in notes if needed]
 
 
 def chart_panels(rows, comparisons):
-    """What results.png draws: per panel a title and, per row, a bar (value and text) or a note. The ratios are the
-    table's; a panel with nothing measured (accuracy on generated data) is left out."""
-
-    def vs_parent(ratio, key):
-        shown = cell(ratio[key], "{:.2f}x")
-        return (
-            [shown if shown == BELOW_RESOLUTION else f"{shown} vs {ratio['parent']}"]
-            if ratio["parent"]
-            else []
-        )
-
-    steps, memory, accuracy = [], [], []
-    for row, ratio in zip(rows, comparisons):
-        if outcome(row) != "ok":
-            for bars in (steps, memory, accuracy):
-                bars.append((None, outcome(row)))
-            continue
-        step, peak, test = seconds_per_step(row), row["peak_memory_gb"], row["test_acc"]
-        steps.append(
-            bar(
-                step,
-                readable(step),
-                [
-                    cell(ratio["time_per_step"], "{:.2f}x"),
-                    *vs_parent(ratio, "parent_time_per_step"),
-                ],
-            )
-        )
-        memory.append(
-            bar(
-                peak,
-                cell(peak),
-                [cell(ratio["memory"], "{:.2f}x"), *vs_parent(ratio, "parent_memory")],
-            )
-        )
-        accuracy.append(
-            bar(
-                None if test is None else test * 100,
-                cell(test, "{:.1f}", 100),
-                [cell(ratio["test_acc_points"], "{:+.1f} pp")],
-            )
-        )
-    panels = [
-        ("Time per step, steady state (s)", steps),
-        ("Peak memory (GB)", memory),
-        ("Test accuracy (%)", accuracy),
-    ]
-    drawn = [(title, bars) for title, bars in panels if any(value is not None for value, _ in bars)]
-    return drawn or panels[:1]  # every script crashed: one panel that says so
-
-
-def plot(rows, comparisons, path):
-    """results.png: time per step, peak memory and test accuracy per script; 01 highlighted, ratios on the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    records, panels = (
-        [row for row in rows if not row.get("crashed")],
-        chart_panels(rows, comparisons),
-    )
-    figure, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=(5.6 * len(panels), 1.6 + 0.55 * len(rows)),
-        sharey=True,
-        squeeze=False,
-    )
-    for axis, (title, bars) in zip(axes[0], panels):
-        for y, (row, (value, text)) in enumerate(zip(rows, bars)):
-            if value is None:
-                axis.text(
-                    0,
-                    y,
-                    f" {text}",
-                    va="center",
-                    style="italic",
-                    color="gray" if text == "not measured" else "tab:red",
-                )
+    """Per panel (title, bars): (length, text, error bar: standard deviation over seeds) per row."""
+    panels = []
+    for title, key, scale, column, versus in CHART:
+        bars = []
+        for row, ratio in zip(rows, comparisons, strict=True):
+            cells, seeds = table_cells(row, ratio), list(accuracy_by_seed(row).values())
+            value = seconds_per_step(row) if key == "seconds_per_step" else row.get(key)
+            error = statistics.stdev(seeds) if key == "test_acc" and len(seeds) > 1 else None
+            if outcome(row) != "ok" or value is None:
+                text = outcome(row) if outcome(row) != "ok" else "not measured"
+                bars.append((None, text, None))
                 continue
-            axis.barh(y, value, color="tab:orange" if row["script"] == BASELINE else "tab:blue")
-            axis.text(value, y, f" {text}", va="center", fontsize=9)
-        axis.set_xlim(
-            0, max([value for value, _ in bars if value is not None], default=1) * 1.8
-        )  # room for the text
+            shown = [text for text in (cells[column], f"({cells[versus]})") if text != "(–)"]
+            bars.append((value * scale, "  ".join(shown), error))
+        panels.append((title, bars))
+    drawn = [(title, bars) for title, bars in panels if any(bar[0] is not None for bar in bars)]
+    return drawn or panels[:1]  # accuracy on generated data: no panel
+
+
+def plot(groups, path):
+    """results.png: a bar per script for each panel, 01 in orange. Errors: ImportError."""
+    import matplotlib.pyplot as plt
+
+    plt.switch_backend("Agg")  # files only, no window
+    rows = [row for _, group_rows, _ in groups for row in group_rows]
+    panels = chart_panels(rows, [ratio for _, _, group_ratios in groups for ratio in group_ratios])
+    labels = [f"{r['script']} ({n})" for n, (_, group, _) in enumerate(groups, 1) for r in group]
+    size = (5.6 * len(panels), 1.6 + 0.55 * len(rows))
+    figure, axes = plt.subplots(1, len(panels), figsize=size, sharey=True, squeeze=False)
+    for axis, (title, bars) in zip(axes[0], panels, strict=True):
+        for y, (row, (value, text, error)) in enumerate(zip(rows, bars, strict=True)):
+            if value is None:
+                axis.text(0, y, f" {text}", va="center", style="italic", color="gray")
+                continue
+            colour = "tab:orange" if row["script"] == BASELINE else "tab:blue"
+            axis.barh(y, value, xerr=error, color=colour, capsize=3)
+            axis.text(value + (error or 0), y, f" {text}", va="center", fontsize=9)
+        ends = [value + (error or 0) for value, _, error in bars if value is not None]
+        axis.set_xlim(0, max(ends, default=1) * 1.8)  # room for the text
         axis.set_title(title)
-        axis.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(range(len(rows)), [row["script"] for row in rows])
+    axes[0][0].set_yticks(range(len(rows)), labels)
     axes[0][0].invert_yaxis()
-    figure.suptitle(
-        f"{distinct(records, lambda r: r['model'])} on {distinct(records, lambda r: r['data'])} data  |  "
-        f"{hardware(records)}\n{package_versions(records)}",
-        fontsize=10,
-    )
-    parents = (
-        ", 'vs 04' to a lettered script's parent"
-        if any(ratio["parent"] for ratio in comparisons)
-        else ""
-    )
-    legend = [
-        Patch(
-            color="tab:orange",
-            label=f"{BASELINE}, the baseline: ratios in brackets are to it{parents}",
-        ),
-        Patch(color="tab:blue", label="other scripts"),
-    ]
-    figure.legend(handles=legend, loc="lower center", ncol=2, frameon=False)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
+    figure.suptitle(f"Orange: {BASELINE}; (N): setting N of results.md", fontsize=10)
+    figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
+def summarize(rows, out, command):
+    """Print each setting's tables; write them to results.md, and results.png (with matplotlib)."""
+    groups, lines = by_setting(rows), []
+    for settings, summary, comparisons in groups:
+        cells = [table_cells(row, ratio) for row, ratio in zip(summary, comparisons, strict=True)]
+        heading = f"Setting: {', '.join(f'{key} {value}' for key, value in settings.items())}."
+        print("\n".join([f"\n{heading}", *table(SPEED, cells), "", *table(ACCURACY, cells)]))
+        lines += [heading, "", *table(COLUMNS, cells), ""]
+    records = [row for row in rows if not row.get("crashed")]
+    versions = [", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in records]
+    example = f"{records[0]['script']}: {records[0]['memory_measure']}"
+    lines += [*notes(groups), f"Versions: {' / '.join(dict.fromkeys(versions))}."]
+    lines += [f"Peak memory is what each script measured, e.g. {example}.", "", "Produced by:"]
+    print("\n".join(notes(groups)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join([*lines, "", "```", command, "```", ""]))
+    try:
+        plot(groups, out / "results.png")
+        print(f"Wrote {out / 'results.md'} and {out / 'results.png'}")
+    except ImportError:
+        print(f"Wrote {out / 'results.md'}; no chart: it needs matplotlib (pip install matplotlib)")
+
+
 def main(argv=None):
-    """Run (or load) the records, write results.md and results.png, print the ratios; 1 if a script crashed."""
+    """Run (or load) the records; print and write the tables and the chart. Returns the exit status:
+    0; 1 when a script crashed; 2 for a wrong script or results file, or when a problem every
+    script shares stopped the run. Errors: flags that cannot work exit 2, Ctrl-C 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args, script_args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.from_results:
-        rows = args.records
-    else:
-        rows = run_all(
-            find_scripts(args.scripts),
-            script_args,
-            (args.out / "results.jsonl").resolve(),
-            args.repeats,
-        )
-    rows = [drop_synthetic_accuracy(row) for row in median_runs(rows)]
-    comparisons = ratios(rows)
     command = shlex.join(["python", "benchmark.py", *argv])
-    if args.from_results:  # the records' own command, saved beside them by the run that made them
-        saved = args.from_results.parent / "command.txt"
-        command = (
-            f"{saved.read_text().strip()}\n# tabulated again by: {command}"
-            if saved.exists()
-            else command
-        )
-    else:
-        (args.out / "command.txt").write_text(command + "\n")
-    (args.out / "results.md").write_text(format_table(rows, comparisons, command))
-    plot(rows, comparisons, args.out / "results.png")
-    print_ratios(rows, comparisons)
-    print(f"\nWrote {args.out / 'results.md'} and {args.out / 'results.png'}")
-    crashed = [row["script"] for row in rows if row.get("crashed")]
+    results_file = args.from_results or (args.out / "results.jsonl").resolve()
+    saved = results_file.parent / "command.txt"  # the command of the run that wrote the records
+    try:
+        scripts = find_scripts(args.scripts)
+        rows, skipped = read_results(results_file)
+    except ValueError as error:  # a wrong script name or results file
+        print(f"error: {error}", file=sys.stderr)
+        return SHARED_PROBLEM_EXIT_CODE
+    if args.from_results and not rows:
+        print(f"error: --from-results {results_file}: no records (or no file)", file=sys.stderr)
+        return SHARED_PROBLEM_EXIT_CODE
+    if args.from_results and saved.exists():
+        command = f"{saved.read_text().strip()}\n# tabulated again by: {command}"
+    if rows and not args.from_results:
+        print(f"Adding to {results_file}, which holds {len(rows)} record(s)")
+    if not args.from_results:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(saved, "a" if args.append else "w") as file:
+            file.write(command + "\n")  # with --append, every run's command
+        rows += run_all(scripts, script_args, results_file, args.seeds or [None] * args.repeats)
+    for sentence in skipped:
+        print(sentence)
+    crashed = [row for row in rows if row.get("crashed")]
+    if len(crashed) < len(rows):
+        summarize(rows, args.out, command)
+    if rows[-1].get("exit_code") == SHARED_PROBLEM_EXIT_CODE:
+        print(f"{rows[-1]['reason']}\n{SHARED_PROBLEM}", file=sys.stderr)
+        return SHARED_PROBLEM_EXIT_CODE
     if crashed:
-        print(f"error: {len(crashed)} script(s) crashed: {', '.join(crashed)}", file=sys.stderr)
+        print(f"error: {len(crashed)} of {len(rows)} run(s) crashed:", file=sys.stderr)
+    for row in crashed:
+        print(f"  {row['label']}: {row['reason']}", file=sys.stderr)
     return 1 if crashed else 0
 
 

@@ -101,17 +101,27 @@ def results_path_problems(path: Path | None) -> list[str]:
 
 
 def cluster_problems(num_nodes: int) -> list[str]:
-    """Several machines need an address to meet at: without one, each would wait forever."""
+    """Several machines need an address to meet at and an index each: without them, or with an
+    index no machine of the run has, each machine would wait forever."""
     if num_nodes == 1 or launched_by_a_cluster_tool():
         return []
     unset = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
-    if not unset:
-        return []
-    return [
-        f"--num-nodes {num_nodes} needs {', '.join(unset)} set on every machine (the first "
-        "machine's address, a free port on it, and this machine's index from 0), or torchrun or "
-        "SLURM, which set them; see the README's 'Scaling out'"
-    ]
+    if unset:
+        return [
+            f"--num-nodes {num_nodes} needs {', '.join(unset)} set on every machine (the first "
+            "machine's address, a free port on it, and this machine's index from 0), or torchrun "
+            "or SLURM, which set them; see docs/scaling_out.md"
+        ]
+    problems = []
+    node, port = os.environ["NODE_RANK"], os.environ["MASTER_PORT"]
+    if not node.isdigit() or int(node) >= num_nodes:
+        problems.append(
+            f"NODE_RANK={node} is no machine of --num-nodes {num_nodes}: give each machine its "
+            f"index, 0 to {num_nodes - 1}, with 0 on the machine at MASTER_ADDR"
+        )
+    if not port.isdigit() or int(port) == 0 or int(port) > 65535:
+        problems.append(f"MASTER_PORT={port} is no port number: give a free port, 1 to 65535")
+    return problems
 
 
 def launched_by_a_cluster_tool() -> bool:
@@ -154,12 +164,13 @@ def say_what_the_launch_waits_for(args: argparse.Namespace) -> None:
     """Before a launch on several machines waits, say for whom, where, and what to start."""
     if os.environ.get("LOCAL_RANK", "0") != "0" or launched_by_a_cluster_tool():
         return  # one line per machine, from the process that launches the others
-    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    address, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
     node = int(os.environ["NODE_RANK"])
-    others = [rank for rank in range(args.num_nodes) if rank != node]
+    others = [str(rank) for rank in range(args.num_nodes) if rank != node]
     print(
-        f"Waiting at {address} for {args.num_nodes} machines x {args.devices} device(s) = "
-        f"{args.num_nodes * args.devices} processes; this is node {node}: start the same command "
-        f"with NODE_RANK={' / '.join(map(str, others))} on the other machine(s)",
+        f"Waiting at {address}:{port} for {args.num_nodes} machines x {args.devices} device(s) = "
+        f"{args.num_nodes * args.devices} processes; this is node {node}. On the other "
+        f"machine(s), start the same command with MASTER_ADDR={address} MASTER_PORT={port} "
+        f"NODE_RANK={' / '.join(others)}",
         flush=True,
     )

@@ -52,9 +52,9 @@ def load_rgb(path: str) -> Image.Image:
 
 
 def turn_upright(image: Image.Image) -> None:
-    """Turn loaded pixels as their EXIF orientation tag (2 to 8) tells a viewer to, with Pillow's
-    ImageOps.exif_transpose; untagged images, and a tag in a damaged EXIF block, stay as stored.
-    """
+    """Turn loaded pixels as their EXIF orientation tag (EXIF 2.3, tag 274: values 2 to 8) tells
+    a viewer to, with Pillow's ImageOps.exif_transpose; untagged images, and a tag in a damaged
+    EXIF block, stay as stored."""
     try:
         ImageOps.exif_transpose(image, in_place=True)
     except (SyntaxError, TypeError, struct.error):  # a damaged block: unread (no turn), or not
@@ -107,12 +107,11 @@ def scaled_to_8_bits(image: Image.Image) -> Image.Image:
         raise UnusableImage(
             "holds NaN or infinite values; replace them, or save it with 8 or 16 bits per channel"
         )
-    low, high = values.min(initial=0), values.max(initial=0)
+    low, high = values.min(), values.max()
     if low < 0 or high > top:
-        kind = {"F": "floats, read as 0 to 1"}.get(image.mode, "integers, read as 0 to 65535")
         raise UnusableImage(
-            f"holds values from {low:g} to {high:g} ({image.mode} mode {kind}); scale them into "
-            "that range, or save it with 8 or 16 bits per channel"
+            f"holds values from {low:g} to {high:g} (mode {image.mode}, read as 0 to {top:g}); "
+            "scale them into that range, or save it with 8 or 16 bits per channel"
         )
     gray = Image.fromarray(np.rint(values * (255 / top)).astype(np.uint8))
     if "transparency" not in image.info:
@@ -158,23 +157,23 @@ class VisibleImageFolder(ImageFolder):
     def make_dataset(
         self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=True
     ):
-        self.files, self.skipped, samples, walked = {}, [], [], set()
+        self.files, self.skipped, samples, walked = {}, {"folder": [], "file": []}, [], set()
         for name, index in class_to_idx.items():
             for root, folders, names in os.walk(os.path.join(directory, name), followlinks=True):
-                folder = file_id(root)
-                if folder in walked:
-                    self.skipped.append(root)
+                here = file_id(root)
+                if here in walked:
+                    self.skipped["folder"].append(root)
                     folders.clear()  # do not go down a loop again
                     continue
-                walked.add(folder)
-                folders[:] = sorted(folder for folder in folders if folder[0] != ".")
+                walked.add(here)
+                folders[:] = sorted(below for below in folders if below[0] != ".")
                 for file in sorted(names):
                     path = os.path.join(root, file)
                     if file[0] == "." or not file.lower().endswith(IMG_EXTENSIONS):
                         continue
                     identity = file_id(path)
                     if identity in self.files:
-                        self.skipped.append(path)
+                        self.skipped["file"].append(path)
                         continue
                     self.files[identity] = path
                     samples.append((path, index))
@@ -211,10 +210,15 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
                 f"--data-dir splits disagree on the classes: train has {classes}, {name} has "
                 f"{split.classes}; give every split the same class folders"
             )
-        if split.skipped:
+        skipped = [
+            f"{len(paths)} {kind}(s) such as {paths[0]}"
+            for kind, paths in split.skipped.items()
+            if paths
+        ]
+        if skipped:
             print_once(
-                f"{name}/: skipped {len(split.skipped)} link(s) to a folder or file already "
-                f"counted (a loop, or a second path to a file), such as {split.skipped[0]}"
+                f"{name}/: skipped {' and '.join(skipped)}, reached a second time through links "
+                "(each counts once)"
             )
         counts = dict(
             zip(classes, np.bincount(split.targets, minlength=len(classes)).tolist(), strict=True)

@@ -57,7 +57,9 @@ def image_folder_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Da
     if "test" not in found:
         info.test_split = "val/"
     train, val = validation_from_train(found["train"])
-    info.val_split = f"10% of each class of train/ ({len(val)} of {len(found['train'])} images)"
+    info.val_split = (
+        f"a seeded 10% of each class of train/ ({len(val)} of {len(found['train'])} images)"
+    )
     print_once(f"Validation: {info.val_split} | test: {info.test_split}")
     return train, val, found[info.test_split.rstrip("/")], info
 
@@ -89,7 +91,9 @@ def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
         print_once(f"Used for {split}: {len(members)} images {counts}")
     unsplit = [name for name, count in counts.items() if count == 0]  # validation's counts
     if unsplit:
-        print_once(f"No validation image of {', '.join(unsplit)}: one image in train/, it trains")
+        print_once(
+            f"No validation image of {', '.join(unsplit)}: one image in train/ each, kept to train"
+        )
     return Subset(train, sorted(training)), Subset(train, sorted(validation))
 
 

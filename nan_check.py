@@ -85,7 +85,8 @@ def first_nonfinite_module(model: torch.nn.Module, features: torch.Tensor) -> st
 
     modules = getattr(model, "module", model).named_modules()
     hooks = [module.register_forward_hook(watch(name)) for name, module in modules if name]
-    with torch.no_grad():
+    # eager even when the model is compiled: every hook runs, and nothing is compiled again
+    with torch.no_grad(), torch._dynamo.config.patch(disable=True):
         model(features)
     for hook in hooks:
         hook.remove()

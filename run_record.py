@@ -63,9 +63,8 @@ def changed_shares(model: torch.nn.Module, initial_weights: dict) -> dict[str, f
     """The share of weight elements that training changed: overall, and of the 3 largest tensors."""
     same = {}
     for name, weight in model.named_parameters():
-        same[name.removeprefix("_forward_module.")] = (
-            weight.detach().cpu() == initial_weights[name]
-        ).float()
+        short = name.removeprefix("_forward_module.").removeprefix("_orig_mod.")  # Fabric, compile
+        same[short] = (weight.detach().cpu() == initial_weights[name]).float()
     total = sum(s.numel() for s in same.values())
     shares = {"all": 1 - sum(s.sum().item() for s in same.values()) / total}
     largest = sorted(same.items(), key=lambda item: item[1].numel(), reverse=True)[:3]

@@ -1,4 +1,5 @@
-"""Real image folders, result files and flags: every problem found before training and named in one sentence."""
+"""Real image folders, result files and flags: every problem is found before training and named
+in one sentence."""
 
 import io
 import json
@@ -36,7 +37,8 @@ def refusal(argv, capsys, usage=False):
 
 
 def damaged_pixels(png):
-    """The PNG with its compressed pixels scrambled and their checksum fixed: header and end marker stay whole."""
+    """The PNG with its compressed pixels scrambled and their checksum fixed: the header and the
+    end marker stay whole."""
     start = png.index(b"IDAT")
     length = struct.unpack(">I", png[start - 4 : start])[0]
     data = bytearray(png[start + 4 : start + 4 + length])
@@ -104,8 +106,8 @@ def test_fewer_than_two_class_folders_are_refused(tmp_path, capsys, classes):
         (tree / split).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tree / split / "loose.png")
     assert refusal(["--quick", "--data-dir", str(tree)], capsys) == (
-        f"error: --data-dir {tree}/train/ has {len(classes)} class folder(s); a classifier needs at least two: "
-        "train/<class>/<images>"
+        f"error: --data-dir {tree}/train/ has {len(classes)} class folder(s); a classifier needs "
+        "at least two: train/<class>/<images>"
     )
 
 
@@ -207,7 +209,7 @@ def test_damaged_pixel_data_found_while_training_ends_the_run_with_one_sentence(
     assert line.endswith("); delete it or copy it again")
 
 
-# ---------------------------------------------------------------- image folders: 16-bit images, layouts, sizes
+# ---------------------------------------------------------------- 16-bit images, layouts, sizes
 
 
 def test_16bit_grayscale_loads_as_the_same_pixels_saved_in_8bit(tmp_path):
@@ -230,18 +232,19 @@ def test_16bit_grayscale_loads_as_the_same_pixels_saved_in_8bit(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sixteen_bit_run(tmp_path_factory):
-    """One quick run on 16-bit grayscale PNGs in train/ and val/ (no test/), its results file a link to a 0o444 file."""
-    workdir = tmp_path_factory.mktemp("sixteen_bit")
-    for split, count in (("train", 16), ("val", 4)):
-        for name, level in (
-            ("dark", 8000),
-            ("light", 40000),
-        ):  # clipped to 8 bits, both would be white
+def scientific_run(tmp_path_factory):
+    """One quick run on float TIFFs (0..1) in train/ and 16-bit grayscale PNGs in val/ (no
+    test/), its results file a link to a 0o444 file."""
+    workdir = tmp_path_factory.mktemp("scientific")
+    for name, level in (("dark", 8000), ("light", 40000)):  # clipped to 8 bits: both white
+        for split in ("train", "val"):
             (workdir / "images" / split / name).mkdir(parents=True)
-            for index in range(count):
-                pixels = Image.fromarray(np.full((40, 40), level, np.uint16))
-                pixels.save(workdir / "images" / split / name / f"{index}.png")
+        for index in range(16):  # flattened to 8 bits by convert("RGB"), both would be black
+            pixels = Image.fromarray(np.full((40, 40), level / 65535, np.float32))
+            pixels.save(workdir / "images" / "train" / name / f"{index}.tif")
+        for index in range(4):
+            pixels = Image.fromarray(np.full((40, 40), level, np.uint16))
+            pixels.save(workdir / "images" / "val" / name / f"{index}.png")
     target = workdir / "kept" / "results.jsonl"
     target.parent.mkdir()
     target.write_text('{"script": "an earlier run"}\n')
@@ -261,32 +264,35 @@ def sixteen_bit_run(tmp_path_factory):
         "--num-workers",
         "0",
         cwd=workdir,
+        threads=1,
     )
     return run, link, target, inode
 
 
-def test_16bit_grayscale_trains_to_full_test_accuracy(sixteen_bit_run):
-    (returncode, _, stderr, records), *_ = sixteen_bit_run
+def test_float_tiffs_train_to_full_accuracy_on_16bit_test_images(scientific_run):
+    (returncode, _, stderr, records), *_ = scientific_run
     assert returncode == 0, stderr
     assert records[-1]["test_acc"] == 1.0  # 8-bit copies of the same pixels train to 100% too
 
 
-def test_train_and_val_without_test_trains_and_says_which_folder_is_which(sixteen_bit_run):
-    (returncode, stdout, _, records), *_ = sixteen_bit_run
+def test_train_and_val_without_test_trains_and_says_which_folder_is_which(scientific_run):
+    (returncode, stdout, _, records), *_ = scientific_run
+    assert returncode == 0
     assert (
-        returncode == 0
-        and "Validation: a seeded 10% of train/ (3 of 32 images) | test: val/" in stdout
+        "Validation: a seeded 10% of each class of train/ (4 of 32 images) | test: val/" in stdout
     )
+    assert "Used for training: 28 images {'dark': 14, 'light': 14}" in stdout
+    assert "Used for validation: 4 images {'dark': 2, 'light': 2}" in stdout
     assert (records[-1]["val_split"], records[-1]["test_split"]) == (
-        "a seeded 10% of train/ (3 of 32 images)",
+        "a seeded 10% of each class of train/ (4 of 32 images)",
         "val/",
     )
 
 
 def test_a_results_link_to_a_read_only_file_stays_a_link_and_the_file_keeps_its_mode(
-    sixteen_bit_run,
+    scientific_run,
 ):
-    (returncode, _, _, records), link, target, inode = sixteen_bit_run
+    (returncode, _, _, records), link, target, inode = scientific_run
     assert returncode == 0 and link.is_symlink() and link.resolve() == target
     assert (
         stat.S_IMODE(target.stat().st_mode) == 0o444 and target.stat().st_ino == inode
@@ -295,20 +301,19 @@ def test_a_results_link_to_a_read_only_file_stays_a_link_and_the_file_keeps_its_
 
 
 @pytest.mark.parametrize(
-    "images, largest", [(5, 4), (2, 1)]
-)  # 10% of train/, at least one image, is validation
+    "cats, dogs, validation, largest", [(3, 2, 2, 3), (2, 1, 1, 2)]
+)  # from each class, 10% of train/ rounded up is validation, never a class's last image
 def test_a_training_split_smaller_than_a_batch_names_the_largest_batch_size_that_works(
-    tmp_path, capsys, images, largest
+    tmp_path, capsys, cats, dogs, validation, largest
 ):
-    tree = write_image_tree(
-        tmp_path / "images", classes=("cat", "dog"), per_class=(images + 1) // 2
-    )
-    for image in sorted((tree / "train" / "dog").iterdir())[images // 2 :]:  # cat keeps the odd one
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=cats)
+    for image in sorted((tree / "train" / "dog").iterdir())[dogs:]:
         image.unlink()
     flags = ["--quick", "--data-dir", str(tree)]
     assert refusal(flags, capsys) == (
-        f"error: the training split of {tree}/train/ (validation: a seeded 10% of train/ (1 of {images} images)) has {largest} "
-        f"images, fewer than one batch of 32 x 1 device(s); add images, or use --batch-size {largest} or less"
+        f"error: the training split of {tree}/train/ (validation: a seeded 10% of each class of "
+        f"train/ ({validation} of {cats + dogs} images)) has {largest} images, fewer than one "
+        f"batch of 32 x 1 device(s); add images, or use --batch-size {largest} or less"
     )
     assert (
         len(get_dataloaders(parse_args([*flags, "--batch-size", str(largest)]))[0]) == 1
@@ -317,8 +322,8 @@ def test_a_training_split_smaller_than_a_batch_names_the_largest_batch_size_that
 
 def test_a_batch_larger_than_the_generated_training_split_is_refused_with_its_size(capsys):
     assert refusal(["--quick", "--batch-size", "4096"], capsys) == (
-        "error: the training split has 2250 images, fewer than one batch of 4096 x 1 device(s); add images, or use "
-        "--batch-size 2250 or less"
+        "error: the training split has 2250 images, fewer than one batch of 4096 x 1 device(s); "
+        "add images, or use --batch-size 2250 or less"
     )
 
 
@@ -326,20 +331,18 @@ def test_a_training_split_with_fewer_images_than_devices_does_not_suggest_batch_
     tmp_path, capsys, monkeypatch
 ):
     tree = write_image_tree(
-        tmp_path / "images", classes=("cat", "dog"), per_class=1
-    )  # 1 training image, 1 validation
-    monkeypatch.setattr(local_utilities, "world_size", lambda: 2)
+        tmp_path / "images", classes=("cat", "dog"), per_class=2
+    )  # 2 training images, 2 validation
+    monkeypatch.setattr(local_utilities, "world_size", lambda: 3)
     line = refusal(["--quick", "--data-dir", str(tree)], capsys)
-    assert line.endswith("has 1 images, fewer than one batch of 32 x 2 device(s); add images")
+    assert line.endswith("has 2 images, fewer than one batch of 32 x 3 device(s); add images")
 
 
 def test_a_single_image_in_train_is_refused_for_its_empty_class_not_with_batch_size_0(
     tmp_path, capsys
 ):
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=1)
-    (
-        tree / "train" / "dog" / "0.png"
-    ).unlink()  # the 10% validation split would take the one image left
+    (tree / "train" / "dog" / "0.png").unlink()
     line = refusal(["--quick", "--data-dir", str(tree)], capsys)
     assert line.startswith(
         f"error: --data-dir class folder {tree / 'train' / 'dog'} holds no images"
@@ -414,7 +417,7 @@ def test_concurrent_appends_keep_every_record_whole(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no lock file left beside it
 
 
-# ---------------------------------------------------------------- memory, weights, accelerators and flags
+# ---------------------------------------------------------------- memory, accelerators
 
 
 PEAK_WITHOUT_CLEAR_REFS = """
@@ -427,7 +430,8 @@ cpu = torch.device("cpu")
 baseline = measurement.reset_peak_memory(cpu)
 block = torch.ones(100_000_000)  # 400 MB, every page written
 del block
-print(baseline, measurement.peak_memory(cpu, baseline)[0], measurement.process_memory_bytes("VmHWM") / 1e9)
+peak = measurement.peak_memory(cpu, baseline)[0]
+print(baseline, peak, measurement.process_memory_bytes("VmHWM") / 1e9)
 """
 
 
@@ -456,6 +460,6 @@ def test_a_missing_accelerator_is_refused_in_one_sentence_by_every_kind_of_scrip
         pytest.skip(f"this machine has {accelerator}")
     returncode, stderr = refusal_in_process(script, "--quick", "--accelerator", accelerator)
     assert returncode == 2 and stderr.splitlines()[-1] == (
-        f"{script}: error: --accelerator {accelerator} was asked for, but this machine has none; use --accelerator cpu "
-        "or auto"
+        f"{script}: error: --accelerator {accelerator} was asked for, but this machine has none; "
+        "use --accelerator cpu or auto"
     )

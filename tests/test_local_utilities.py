@@ -1,5 +1,7 @@
 """local_utilities.py: the splits of generated data, CIFAR-10 and image folders; accuracy."""
 
+import os
+import warnings
 from urllib.error import URLError
 
 import pytest
@@ -53,17 +55,74 @@ def test_cifar10_splits_are_45k_train_5k_val_from_the_end_10k_test(monkeypatch):
 
 
 def test_image_folder_tree_loads_with_its_classes_and_splits_val_from_train(image_tree):
-    args = parse_args(["--quick", "--data-dir", str(image_tree)])
+    args = parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4"])
     train_loader, val_loader, test_loader, data = get_dataloaders(args)
     assert data.num_classes == 3 and test_loader.dataset.classes == ["cat", "dog", "frog"]
-    assert (len(train_loader.dataset), len(val_loader.dataset)) == (
-        33,
-        3,
-    )  # a seeded 10% of 36 images
+    assert (len(train_loader.dataset), len(val_loader.dataset)) == (30, 6)  # 2 of each 12
     assert not indices(train_loader.dataset) & indices(val_loader.dataset)
-    assert (data.val_split, data.test_split) == ("a seeded 10% of train/ (3 of 36 images)", "test/")
+    assert (data.val_split, data.test_split) == (
+        "a seeded 10% of each class of train/ (6 of 36 images)",
+        "test/",
+    )
     features, _ = next(iter(test_loader))
     assert features.shape[1:] == (3, 32, 32)  # --quick resizes to the small model's input
+
+
+def used_classes(subset):
+    """{class name: images} of a Subset of an ImageFolder."""
+    names = [subset.dataset.classes[subset.dataset.targets[index]] for index in subset.indices]
+    return {name: names.count(name) for name in subset.dataset.classes}
+
+
+def test_validation_drawn_from_train_leaves_every_class_a_training_image_and_says_the_counts(
+    tmp_path, capsys
+):
+    classes = [f"c{index:02d}" for index in range(25)]  # 25 classes of 2 images each
+    tree = write_image_tree(tmp_path / "images", classes=classes, per_class=2)
+    train, val, _, data = get_dataloaders(
+        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "5"])
+    )
+    every_class_once = dict.fromkeys(classes, 1)
+    assert used_classes(train.dataset) == used_classes(val.dataset) == every_class_once
+    assert data.val_split == "a seeded 10% of each class of train/ (25 of 50 images)"
+    printed = capsys.readouterr().out
+    assert f"Used for training: 25 images {every_class_once}" in printed
+    assert f"Used for validation: 25 images {every_class_once}" in printed
+
+
+def test_a_class_with_one_training_image_keeps_it_and_the_run_says_so(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog", "frog"), per_class=25)
+    for image in sorted((tree / "train" / "frog").iterdir())[1:]:
+        image.unlink()
+    train, val, _, _ = get_dataloaders(
+        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "4"])
+    )
+    assert used_classes(train.dataset) == {"cat": 22, "dog": 22, "frog": 1}  # 25 - ceil(2.5)
+    assert used_classes(val.dataset) == {"cat": 3, "dog": 3, "frog": 0}
+    assert (
+        "No validation image of frog: one image in train/ each, kept to train"
+        in capsys.readouterr().out
+    )
+
+
+def test_train_with_one_image_per_class_and_no_val_folder_is_refused(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=1)
+    with pytest.raises(SystemExit, match="2"):
+        get_dataloaders(parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "1"]))
+    assert capsys.readouterr().err == (
+        f"error: --data-dir {tree / 'train'} has one image per class, none to spare for "
+        "validation; add images, or give both val/ and test/\n"
+    )
+
+
+def test_every_seed_validates_on_the_same_images(image_tree):
+    validation = [
+        get_dataloaders(
+            parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4", *seed])
+        )[1].dataset.indices
+        for seed in ([], ["--seed", "7"])
+    ]
+    assert validation[0] == validation[1]
 
 
 def test_image_folder_val_folder_is_used_when_present(tmp_path):
@@ -96,8 +155,8 @@ def test_splits_with_different_classes_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit, match="2"):
         get_dataloaders(parse_args(["--quick", "--data-dir", str(tmp_path)]))
     assert (
-        "--data-dir splits disagree on the classes: train has ['cat', 'dog'], test has ['cat', 'frog']"
-        in capsys.readouterr().err
+        "--data-dir splits disagree on the classes: train has ['cat', 'dog'], test has "
+        "['cat', 'frog']" in capsys.readouterr().err
     )
 
 
@@ -118,3 +177,40 @@ def test_synthetic_data_is_full_size_and_sized_by_max_steps():
     )
     features, targets = next(iter(train_loader))
     assert len(train_loader) == 3 and features.shape == (2, 3, 224, 224) and data.num_classes == 10
+
+
+def test_a_one_cpu_affinity_mask_gets_one_loader_worker_and_no_pytorch_warning(
+    image_tree, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # `taskset -c 0 python ...`
+    monkeypatch.setattr(local_utilities, "CGROUP", tmp_path / "no cgroup")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # `python -W error`: PyTorch's warning would be a traceback
+        loaders = get_dataloaders(
+            parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4"])
+        )
+        next(iter(loaders[0]))  # starting the worker checks the count again
+    assert [loader.num_workers for loader in loaders[:3]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "files, devices, workers",
+    [
+        ({}, 1, 8),  # no cgroup: 16 CPUs, at most 8 workers
+        ({"cpu.max": "max 100000\n"}, 2, 7),  # v2 without a quota: 16 CPUs / 2 processes - 1
+        ({"cpu.max": "150000 100000\n"}, 1, 1),  # `docker --cpus 1.5`: 2 CPUs, 1 for training
+        ({"cpu.max": "400000 100000\n"}, 2, 1),  # 4 CPUs shared by 2 processes
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4, 3),
+    ],
+)
+def test_default_loader_workers_follow_the_cpus_a_container_allows(
+    tmp_path, monkeypatch, files, devices, workers
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    for name, text in files.items():
+        (tmp_path / "cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cgroup" / name).write_text(text)
+    monkeypatch.setattr(local_utilities, "CGROUP", tmp_path / "cgroup")
+    args = parse_args(["--data-dir", str(tmp_path), "--devices", str(devices)])
+    assert local_utilities.num_loader_workers(args) == workers
