@@ -63,21 +63,21 @@ def parse_args(argv):
     add("--seeds", type=int, nargs="+", metavar="SEED", help="N (seeds 1 to N) or a list of seeds")
     add("--from-results", type=Path, metavar="FILE", help="run nothing; tabulate FILE's records")
     args, script_args = parser.parse_known_args(argv)
+    if args.seeds and len(args.seeds) == 1:  # a number of seeds
+        args.seeds = list(range(1, args.seeds[0] + 1))
+    flags = [arg.split("=")[0] for arg in script_args]
     runs = bool(script_args or args.scripts or args.seeds or args.append or args.repeats != 1)
     results = args.out / "results.jsonl"
-    if any(arg.split("=")[0] in ("--results", "--seed") for arg in script_args):
-        parser.error("the runner passes --results and (for --seeds) --seed itself; drop them")
+    if "--results" in flags or (args.seeds and "--seed" in flags):
+        parser.error("the runner passes --results (and, with --seeds, --seed) itself; drop it")
     if args.from_results and runs:
         parser.error("--from-results runs no script; drop the other flags but --out")
-    count = args.seeds[0] if args.seeds and len(args.seeds) == 1 else args.repeats
-    if count < 1 or (args.seeds and args.repeats > 1):
+    if args.seeds == [] or args.repeats < 1 or (args.seeds and args.repeats > 1):
         parser.error("give --repeats N or --seeds N (one of them), N at least 1")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder for results.jsonl, .md and .png")
     if results.is_file() and results.stat().st_size and not (args.append or args.from_results):
         parser.error(f"{results} holds earlier records; add --append to add to them")
-    if args.seeds and len(args.seeds) == 1:  # a number of seeds
-        args.seeds = list(range(1, args.seeds[0] + 1))
     return args, script_args
 
 
@@ -401,7 +401,7 @@ def chart_panels(rows, comparisons):
     return drawn or panels[:1]  # accuracy on generated data: no panel
 
 
-def plot(groups, path):
+def plot(groups, path, versions):
     """results.png: a bar per script for each panel, 01 in orange. Errors: ImportError."""
     import matplotlib.pyplot as plt
 
@@ -424,7 +424,7 @@ def plot(groups, path):
         axis.set_title(title)
     axes[0][0].set_yticks(range(len(rows)), labels)
     axes[0][0].invert_yaxis()
-    figure.suptitle(f"Orange: {BASELINE}; (N): setting N of results.md", fontsize=10)
+    figure.suptitle(f"{versions}\nOrange: {BASELINE}; (N): setting N of results.md", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -440,14 +440,15 @@ def summarize(rows, out, command):
         lines += [heading, "", *table(COLUMNS, cells), ""]
     records = [row for row in rows if not row.get("crashed")]
     versions = [", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in records]
+    versions = " / ".join(dict.fromkeys(versions))
     example = f"{records[0]['script']}: {records[0]['memory_measure']}"
-    lines += [*notes(groups), f"Versions: {' / '.join(dict.fromkeys(versions))}."]
+    lines += [*notes(groups), f"Versions: {versions}."]
     lines += [f"Peak memory is what each script measured, e.g. {example}.", "", "Produced by:"]
     print("\n".join(notes(groups)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join([*lines, "", "```", command, "```", ""]))
     try:
-        plot(groups, out / "results.png")
+        plot(groups, out / "results.png", versions)
         print(f"Wrote {out / 'results.md'} and {out / 'results.png'}")
     except ImportError:
         print(f"Wrote {out / 'results.md'}; no chart: it needs matplotlib (pip install matplotlib)")

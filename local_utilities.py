@@ -100,11 +100,13 @@ def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
 def cifar10_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Dataset]:
     """CIFAR-10 as 45,000 train, 5,000 validation (the last training images) and 10,000 test images.
 
-    Errors: exits with one sentence when the download fails.
+    Errors: exits with one sentence when the download fails or Ctrl-C stops it.
     """
     try:
         train_full = CIFAR10(data_dir, train=True, transform=transform, download=True)
         test = CIFAR10(data_dir, train=False, transform=transform, download=True)
+    except KeyboardInterrupt:  # a cut download fails its checksum next time and is fetched again
+        fail(f"interrupted while downloading CIFAR-10 to {data_dir}", status=130)
     except (URLError, OSError, RuntimeError) as error:  # RuntimeError: a failed checksum
         fail(
             f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); "

@@ -293,7 +293,9 @@ def test_compiling_pays_off_after_the_steps_its_faster_steps_repay_the_slow_firs
         (["--from-results", "{file}", "--quick"], "", "--from-results runs no script"),
         (["--out", "{file}"], "a file\n", "--out {file} is a file; give a folder"),
         (["--scripts", "99"], None, "no script matches '99'; choose from 00_pytorch_baseline.py"),
-        (["--quick", "--results", "x.jsonl"], None, "the runner passes --results and"),
+        (["--quick", "--results", "x.jsonl"], None, "the runner passes --results (and, with"),
+        (["--seeds", "2", "--seed=3"], None, "the runner passes --results (and, with --seeds,"),
+        (["--seeds", "0"], None, "give --repeats N or --seeds N (one of them), N at least 1"),
     ],
     ids=[
         "repeats 0",
@@ -306,6 +308,8 @@ def test_compiling_pays_off_after_the_steps_its_faster_steps_repay_the_slow_firs
         "out is a file",
         "no such script",
         "results as a script flag",
+        "seed with seeds",
+        "no seeds",
     ],
 )
 def test_bad_runner_input_stops_with_one_sentence_and_exit_2(
@@ -559,8 +563,8 @@ def test_scripts_are_picked_by_number_file_name_or_default_glob():
 
 
 def test_the_runner_passes_other_flags_to_the_scripts():
-    args, script_args = benchmark.parse_args(["--model", "vit_b_16", "--scripts", "01", "--quick"])
-    assert args.scripts == ["01"] and script_args == ["--model", "vit_b_16", "--quick"]
+    args, script_args = benchmark.parse_args(["--seed", "7", "--scripts", "01", "--quick"])
+    assert args.scripts == ["01"] and script_args == ["--seed", "7", "--quick"]
     assert benchmark.parse_args(["--seeds", "3"])[0].seeds == [1, 2, 3]
     assert benchmark.parse_args(["--seeds", "3", "5"])[0].seeds == [3, 5]
 

@@ -214,3 +214,13 @@ def test_default_loader_workers_follow_the_cpus_a_container_allows(
     monkeypatch.setattr(local_utilities, "CGROUP", tmp_path / "cgroup")
     args = parse_args(["--data-dir", str(tmp_path), "--devices", str(devices)])
     assert local_utilities.num_loader_workers(args) == workers
+
+
+def test_ctrl_c_during_the_cifar10_download_is_one_line_and_status_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_utilities, "CIFAR10", interrupted)
+    with pytest.raises(SystemExit, match="130"):
+        get_dataloaders(parse_args([]))
+    assert capsys.readouterr().err == "error: interrupted while downloading CIFAR-10 to data\n"

@@ -258,7 +258,8 @@ def test_ruff_passes_with_the_repositorys_config(command):
 def test_readme_lists_the_files_to_copy_and_they_run_alone_on_an_image_folder(tmp_path, image_tree):
     section = (ROOT / "README.md").read_text().split("## Copy this into your project")[1]
     section = section.split("\n## ")[0]
-    assert re.findall(r"`([\w.]+\.py)`", section.split("\n\n")[1]) == COPY_THIS
+    listed = next(paragraph for paragraph in section.split("\n\n") if paragraph.startswith("`"))
+    assert re.findall(r"`([\w.]+\.py)`", listed) == COPY_THIS
     project = tmp_path / "my_project"
     project.mkdir()
     for name in COPY_THIS:
@@ -269,6 +270,6 @@ def test_readme_lists_the_files_to_copy_and_they_run_alone_on_an_image_folder(tm
     )
     assert returncode == 0, stderr
     assert records[-1]["data"] == str(image_tree) and records[-1]["test_acc"] >= 0.9
-    # the data holds 8 batches of 4: the run says it trains 8 of the 40 steps asked for
-    assert "Training 8 of the 40 steps asked for" in stdout and records[-1]["steps"] == 8
-    assert re.search(r"Epoch: 001/001 \| Batch 0008/0008 .* \| 00:00 left", stdout)
+    # 30 training images (2 of each class's 12 validate) make 7 batches of 4
+    assert "Training 7 of the 40 steps asked for" in stdout and records[-1]["steps"] == 7
+    assert re.search(r"Epoch: 001/001 \| Batch 0007/0007 .* \| 00:00 left", stdout)
