@@ -54,7 +54,7 @@ PARENT += "its faster steps take to repay its slower first step (compilation, fo
 
 def parse_args(argv):
     """The runner's options, and the scripts' flags. Errors: exits 2 with one sentence."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     add = parser.add_argument
     add("--scripts", nargs="+", metavar="SCRIPT", help="by number (01 04), file name or path")
     add("--out", type=Path, default=Path("results"), help="folder for results.jsonl, .md, .png")
@@ -151,10 +151,9 @@ def run_script(script, script_args, results_file):
     return {"script": script.name, "crashed": True, "exit_code": exit_code, "reason": reason}
 
 
-def run_all(scripts, script_args, results_file, seeds):
-    """Run each script once per seed (None: its own), taking turns; stop at an exit status 2.
-    Returns a record or crashed row per run. Errors: Ctrl-C exits 130 with one line."""
-    runs = [(script, seed) for seed in seeds for script in scripts]
+def run_all(runs, script_args, results_file):
+    """Run each (script, seed or None for its own) in turn; stop after an exit status 2. Returns
+    a record or crashed row per run. Errors: Ctrl-C exits 130 with one line."""
     rows, start = [], time.perf_counter()
     for number, (script, seed) in enumerate(runs, 1):
         elapsed = time.perf_counter() - start
@@ -480,7 +479,8 @@ def main(argv=None):
         args.out.mkdir(parents=True, exist_ok=True)
         with open(saved, "a" if args.append else "w") as file:
             file.write(command + "\n")  # with --append, every run's command
-        rows += run_all(scripts, script_args, results_file, args.seeds or [None] * args.repeats)
+        runs = [(path, seed) for seed in args.seeds or [None] * args.repeats for path in scripts]
+        rows += run_all(runs, script_args, results_file)  # taking turns: drift hits all alike
     for sentence in skipped:
         print(sentence)
     crashed = [row for row in rows if row.get("crashed")]

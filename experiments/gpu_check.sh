@@ -3,8 +3,15 @@
 # benchmark runner's speed-and-memory mode for vit_l_16 at 224 (generated data, no download, batch 32
 # as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT: run.log,
 # ceiling.json and the runner's results.{jsonl,md,png} in medium/ and highest/ (8 files).
+# 04c compiles the model in its first step (a minute or more, outside the steady state after the warm-up
+# steps) and again for the evaluation: the runner shows that first step apart (docs/compile.md).
 #   usage: OUT=/some/folder bash experiments/gpu_check.sh
 set -uo pipefail
+# Without a CUDA GPU nothing here can be measured, and the runner would train vit_l_16 on the CPU for hours.
+if ! python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "error: torch sees no CUDA GPU here, so there is nothing to measure; run this on a machine with one" >&2
+  exit 1
+fi
 export OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

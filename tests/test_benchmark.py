@@ -340,8 +340,8 @@ def test_time_left_is_estimated_from_the_finished_scripts_and_says_so(
     monkeypatch.setattr(benchmark, "run_script", run_script)
     clock = SimpleNamespace(perf_counter=lambda: now[0], strftime=time.strftime, gmtime=time.gmtime)
     monkeypatch.setattr(benchmark, "time", clock)
-    scripts = [Path("fast.py"), Path("slow.py"), Path("fast.py")]
-    benchmark.run_all(scripts, [], tmp_path / "results.jsonl", [None])
+    runs = [(Path("fast.py"), None), (Path("slow.py"), None), (Path("fast.py"), None)]
+    benchmark.run_all(runs, [], tmp_path / "results.jsonl")
     guess = "left if the rest run as fast as the finished ones)"
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")] == [
         "[1/3] fast.py  (elapsed 00:00)",
