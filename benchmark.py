@@ -21,8 +21,7 @@ BASELINE = "01_fabric_baseline.py"
 DIVERGED_EXIT_CODE = 3  # nan_check's; not imported, as that module imports torch
 SHARED_PROBLEM_EXIT_CODE = 2  # processes.INPUT_ERROR: flags, data, network or weights
 SHARED_PROBLEM = "every script would stop the same way; fix that and run again"
-# Peak RSS growth on a CPU moved by up to 0.07 GB between identical runs (docs/results/): a
-# smaller baseline makes a memory ratio noise. A record may state its own: memory_resolution_gb.
+# Peak RSS on a CPU moved by 0.07 GB between identical runs: a ratio to less would be noise
 MEMORY_RESOLUTION_GB = 0.1
 BELOW_RESOLUTION = "below resolution"
 # Runs that agree on these are repeats of one setting; only runs of one setting are compared.
@@ -423,7 +422,8 @@ def plot(groups, path, versions):
         axis.set_title(title)
     axes[0][0].set_yticks(range(len(rows)), labels)
     axes[0][0].invert_yaxis()
-    figure.suptitle(f"{versions}\nOrange: {BASELINE}; (N): setting N of results.md", fontsize=10)
+    hardware = ", ".join(sorted({row["device_name"] for row in rows if "device_name" in row}))
+    figure.suptitle(f"{hardware} | {versions}\nOrange: {BASELINE}; (N): setting N", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
