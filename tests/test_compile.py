@@ -1,10 +1,11 @@
 """04c, the compiled 04: it trains like 04 and reports its compile time as the first step; the
 dtype report, the NaN diagnosis, --track-updates and DDP work on a compiled model.
 
-One end-to-end pair of runs (04 and 04c, side by side) pays for one real compilation, about a
-minute on two cores with a cold cache. The other claims are checked in this process on --quick's
-small ViT compiled by dynamo alone (backend="eager"): they concern what dynamo traces, guards and
-recompiles, not the kernels inductor writes, and cost seconds (docs/compile.md)."""
+One end-to-end pair of runs (04 and 04c, side by side) pays for one real compilation: about
+45 s on two cores with inductor's cache cold, as in CI. The other claims are checked in this
+process on --quick's small ViT compiled by dynamo alone (backend="eager"): they concern what
+dynamo traces, guards and recompiles, not the kernels inductor writes, and cost seconds
+(docs/compile.md)."""
 
 import os
 import re
@@ -24,7 +25,7 @@ from model_weights import vit_tiny_32
 from nan_check import all_finite, first_nonfinite
 from run_record import changed_shares, copy_weights
 
-COMPILED, EAGER = "04c_fabric_bf16true_compile.py", "04_fabric_bf16true.py"
+SCRIPT_04C, SCRIPT_04 = "04c_fabric_bf16true_compile.py", "04_fabric_bf16true.py"
 SHORT_RUN = ["--quick", "--max-steps", "20", "--track-updates"]  # 5 warm-up steps, 15 steady
 ONLY_EVALUATION_RECOMPILES = re.compile(  # inference_mode, then the last, smaller batch
     r"GLOBAL_STATE changed: grad_mode|tensor '\w+' size mismatch at index 0"
@@ -42,7 +43,8 @@ def short_runs(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(max_workers=2) as pool:
         patch.setenv("TORCH_LOGS", "graph_breaks,recompiles")  # to stderr; 04 compiles nothing
-        return dict(zip((COMPILED, EAGER), pool.map(run, (COMPILED, EAGER)), strict=True))
+        scripts = (SCRIPT_04C, SCRIPT_04)
+        return dict(zip(scripts, pool.map(run, scripts), strict=True))
 
 
 @pytest.fixture(autouse=True)
@@ -64,10 +66,9 @@ def test_04c_reaches_04s_loss_and_accuracy_after_the_same_steps(short_runs):
 
 
 def test_04c_records_its_compile_time_as_a_first_step_far_longer_than_the_steady_state(short_runs):
-    _, out, _, records = short_runs[COMPILED]
+    _, out, _, records = short_runs[SCRIPT_04C]
     record = records[-1]
-    assert record["first_step_s"] > 10 * record["seconds_per_step"]
-    assert record["first_step_s"] > 5 * short_runs[EAGER][3][-1]["first_step_s"]
+    assert record["first_step_s"] > 10 * record["seconds_per_step"]  # 22 s against 0.03 s cold
     assert f"First step: {record['first_step_s']:.2f} s | Steady state:" in out
 
 
@@ -81,11 +82,11 @@ def test_04c_prints_the_dtypes_in_effect_once_as_04_does(short_runs):
         == lines[1]
         == ["Precision in effect: bf16-true | weights bfloat16, matmul outputs bfloat16"]
     )
-    assert short_runs[COMPILED][3][-1]["precision"] == "bf16-true"
+    assert short_runs[SCRIPT_04C][3][-1]["precision"] == "bf16-true"
 
 
 def test_04c_breaks_no_graph_and_recompiles_only_for_the_evaluation(short_runs):
-    stderr = short_runs[COMPILED][2]
+    stderr = short_runs[SCRIPT_04C][2]
     assert "Graph break" not in stderr
     reasons = re.findall(r"\[__recompiles\]\s+- \d+/\d+: (.+)", stderr)
     assert reasons  # the evaluation under inference_mode recompiles: the log is on
@@ -98,7 +99,7 @@ def test_04c_track_updates_names_the_weights_as_04_does(short_runs):
         for run in short_runs.values()
     ]
     assert names[0] == names[1] and names[0][0] == "all" and len(names[0]) == 4
-    assert "_orig_mod" not in short_runs[COMPILED][1]
+    assert "_orig_mod" not in short_runs[SCRIPT_04C][1]
 
 
 def fabric_model(precision, compiled, fullgraph=False):

@@ -103,7 +103,7 @@ def test_compile_branch_adds_one_line_that_compiles_the_model_before_fabric_setu
         pytest.skip("04c is not in this checkout")
     removed, added = statements("04_fabric_bf16true.py", script)
     assert (removed, added) == ([], ["model = torch.compile(model)"])
-    lines = canonical_lines(ROOT / script)
+    lines = [line.strip() for line in canonical_lines(ROOT / script)]
     assert lines.index(added[0]) < lines.index("model, optimizer = fabric.setup(model, optimizer)")
 
 
