@@ -19,6 +19,7 @@ from image_files import image_folders
 from processes import fail, print_once, rank, world_size
 
 SPLIT_SEED = 0  # the validation split drawn from train/ is the same for every --seed
+NOISE = 2.0  # generated images: class prototype + NOISE * N(0, 1), learnt in one epoch
 CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup: its CPU quota and period, in µs
 CPU_QUOTA_FILES = [("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]  # v2, v1
 
@@ -40,7 +41,7 @@ def generated_dataset(num_images: int, image_size: int = 32, seed: int = 0) -> T
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (num_images,), generator=generator)
     noise = torch.randn(num_images, 3, image_size, image_size, generator=generator)
-    return TensorDataset(prototypes[labels] + 2.5 * noise, labels)
+    return TensorDataset(prototypes[labels] + NOISE * noise, labels)
 
 
 def image_folder_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Dataset, DataInfo]:

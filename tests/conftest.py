@@ -5,27 +5,41 @@ import io
 import json
 import os
 import runpy
+import shutil
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(ROOT.glob("[0-9][0-9]*_*.py"))  # 00 to 05, and the lettered fixes
-COMPILED = ["04c_fabric_bf16true_compile.py"]  # compiling costs a minute: tested on its own
-QUICK_SCRIPTS = [script for script in SCRIPTS if script.name not in COMPILED]
-QUICK_FLAGS = ["--quick", "--epochs", "2"]  # 2 epochs of 70 steps: past 90% accuracy, and cheap
+# one epoch of 70 steps: past 95% accuracy, and cheap; --track-updates names the changed weights
+QUICK_FLAGS = ["--quick", "--epochs", "1", "--track-updates"]
+# what the README's "Copy this into your project" lists: a script and every module it imports
+COPY_THIS = [
+    "04_fabric_bf16true.py",
+    "flags.py",
+    "image_files.py",
+    "local_utilities.py",
+    "measurement.py",
+    "model_weights.py",
+    "nan_check.py",
+    "processes.py",
+    "run_record.py",
+]
 sys.path.insert(0, str(ROOT))
 
 
-def run_script(script, *flags, cwd, threads=None):
+def run_script(script, *flags, cwd, threads=None, environment=None):
     """Run a numbered script as a user would: (exit code, stdout, stderr, its results records)."""
     results = Path(cwd) / f"{Path(script).stem}.jsonl"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(environment or {}))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     process = subprocess.run(
@@ -61,16 +75,18 @@ def refusal_in_process(script, *flags):
 
 @pytest.fixture(scope="session")
 def quick_runs(tmp_path_factory):
-    """Every numbered script's short --quick run but the compiled one's, two at a time on one
-    thread each: {file name: (exit code, stdout, stderr, records)}."""
+    """Every numbered script's short --quick run, two at a time on one thread each, the compiled
+    one (the longest: it compiles) first, with dynamo logging graph breaks and recompilations to
+    stderr: {file name: (exit code, stdout, stderr, records)}."""
     workdir = tmp_path_factory.mktemp("quick_runs")
+    logs = {"TORCH_LOGS": "graph_breaks,recompiles"}  # only 04c compiles: only it logs
 
     def run(script):
-        return run_script(script.name, *QUICK_FLAGS, cwd=workdir, threads=1)
+        return run_script(script, *QUICK_FLAGS, cwd=workdir, threads=1, environment=logs)
 
+    names = sorted((script.name for script in SCRIPTS), key=lambda name: "compile" not in name)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = pool.map(run, QUICK_SCRIPTS)
-        return dict(zip((script.name for script in QUICK_SCRIPTS), runs, strict=True))
+        return dict(zip(names, pool.map(run, names), strict=True))
 
 
 def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "frog"), per_class=12):
@@ -107,3 +123,125 @@ class FixedLogits(torch.nn.Module):
     def forward(self, features):
         odd = features.remainder(2)
         return torch.stack([1 - odd, odd], dim=1)
+
+
+# ------------------------------------------------- pictures as phones and instruments store them
+
+
+SIDES = {  # EXIF 2.3, tag 274 (Orientation): the picture's sides where the stored 0th row and
+    1: ("top", "left"),  # 0th column lie; a viewer turns the stored pixels to put them there
+    2: ("top", "right"),
+    3: ("bottom", "right"),
+    4: ("bottom", "left"),
+    5: ("left", "top"),
+    6: ("right", "top"),
+    7: ("right", "bottom"),
+    8: ("left", "bottom"),
+}
+
+
+def stored_pixels(upright, orientation):
+    """The pixels a camera stores for an upright (H, W, 3) picture, beside this orientation tag."""
+    row, column = SIDES[orientation]
+    pixels = upright
+    if "right" in (row, column):
+        pixels = pixels[:, ::-1]
+    if "bottom" in (row, column):
+        pixels = pixels[::-1]
+    if row in ("left", "right"):  # the stored rows run along the picture's columns
+        pixels = pixels.transpose(1, 0, 2)
+    return np.ascontiguousarray(pixels)
+
+
+def exif_block(*entries, byte_order=b"MM"):
+    """An EXIF block as a JPEG, PNG or WebP file holds it: a big-endian TIFF header and one IFD of
+    (tag, type, count, 4 value bytes) entries."""
+    ifd = struct.pack(">H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack(">HHI", tag, kind, count) + value
+    return b"Exif\0\0" + byte_order + b"\0*" + struct.pack(">I", 8) + ifd + bytes(4)
+
+
+def orientation_entry(value):
+    return (0x0112, 3, 1, struct.pack(">HH", value, 0))  # type 3: SHORT
+
+
+def band_picture(label, generator):
+    """(32, 48) gray picture of class 0 ('top') or 1 ('bottom'): a dark band across the top or
+    bottom third, under noise; only where the band sits tells the classes apart."""
+    pixels = 200 + 20 * torch.randn(32, 48, generator=generator)
+    rows = slice(0, 11) if label == 0 else slice(21, 32)
+    pixels[rows] -= 150
+    return pixels.clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_band_tree(root, count=16, copy=None):
+    """train/: phone-style JPEGs, stored turned by orientations 2 to 8 in turn and tagged to be
+    turned back; val/: float TIFFs (0..1); test/: 8-bit PNGs. Each upright picture also goes to
+    copy/ (when given) as an 8-bit PNG."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "val", "test"):
+        for label, name in enumerate(("top", "bottom")):
+            for folder in (root, copy):
+                if folder:
+                    (folder / split / name).mkdir(parents=True)
+            for index in range(count):
+                upright = band_picture(label, generator)
+                path = root / split / name / str(index)
+                if copy:
+                    Image.fromarray(upright).save(copy / split / name / f"{index}.png")
+                if split == "train":
+                    orientation = 2 + index % 7
+                    stored = stored_pixels(upright[..., None], orientation)[..., 0]
+                    exif = exif_block(orientation_entry(orientation))
+                    Image.fromarray(stored).save(f"{path}.jpg", quality=95, exif=exif)
+                elif split == "val":
+                    Image.fromarray(upright.astype(np.float32) / 255).save(f"{path}.tif")
+                else:
+                    Image.fromarray(upright).save(f"{path}.png")
+    return root
+
+
+def write_odd_folder(root):
+    """Band pictures (band_picture) as users' folders hold them. train/: per class 8 phone JPEGs
+    stored turned and tagged with EXIF orientations 2 to 8 (then 2), and 8 float TIFFs (0..1);
+    val/: per class 6 16-bit grey PNGs (level x 257). No test/: val/ is the test set."""
+    generator = torch.Generator().manual_seed(1)
+    for label, name in enumerate(("top", "bottom")):
+        for split in ("train", "val"):
+            (root / split / name).mkdir(parents=True)
+        for index in range(8):
+            orientation = 2 + index % 7
+            stored = stored_pixels(band_picture(label, generator)[..., None], orientation)[..., 0]
+            exif = exif_block(orientation_entry(orientation))
+            Image.fromarray(stored).save(root / "train" / name / f"{index}.jpg", exif=exif)
+            tiff = Image.fromarray(band_picture(label, generator).astype(np.float32) / 255)
+            tiff.save(root / "train" / name / f"{index}.tif")
+        for index in range(6):
+            levels = band_picture(label, generator).astype(np.uint16) * 257
+            Image.fromarray(levels).save(root / "val" / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def odd_folder_run(tmp_path_factory):
+    """The one training run on a user's kind of image folder (write_odd_folder), from a project
+    folder that holds only COPY_THIS, with two loader workers, its --results a link to a read-only
+    file that holds an earlier record: {"run": (exit code, stdout, stderr, records), "project",
+    "link", "target", "inode"}."""
+    workdir = tmp_path_factory.mktemp("odd_folder")
+    project = workdir / "my_project"
+    project.mkdir()
+    for name in COPY_THIS:
+        shutil.copy(ROOT / name, project / name)
+    target = workdir / "kept" / "results.jsonl"
+    target.parent.mkdir()
+    target.write_text('{"script": "an earlier run"}\n')
+    target.chmod(0o444)
+    link = workdir / "04_fabric_bf16true.jsonl"  # the --results path that run_script passes
+    link.symlink_to(target)
+    inode = target.stat().st_ino
+    tree = write_odd_folder(workdir / "images")
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "4", "--epochs", "2"]
+    run = run_script(project / COPY_THIS[0], *flags, "--num-workers", "2", cwd=workdir, threads=1)
+    return dict(run=run, project=project, link=link, target=target, inode=inode)

@@ -20,7 +20,7 @@ from PIL import Image
 import flags
 import local_utilities
 from flags import parse_args
-from image_files import check_images, load_rgb
+from image_files import UnreadableImage, check_images, load_rgb, say_unreadable_image
 from local_utilities import get_dataloaders
 from run_record import append_record
 
@@ -183,25 +183,36 @@ def test_damaged_pixel_data_passes_the_header_check_and_is_named_when_decoded(tm
         load_rgb(bad)
 
 
-@pytest.mark.parametrize(
-    "num_workers", ["0", "2"]
-)  # 2: the error arrives from a loader worker process
-def test_damaged_pixel_data_found_while_training_ends_the_run_with_one_sentence(
-    tmp_path, num_workers
-):
+def tree_with_damaged_pixels(tmp_path):
+    """Two classes of 4 PNGs; one of them scrambled inside its pixel data (damaged_pixels)."""
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=4)
     bad = tree / "train" / "cat" / "0.png"
     bad.write_bytes(damaged_pixels(bad.read_bytes()))
+    return tree, bad
+
+
+def test_damaged_pixel_data_found_in_the_training_process_is_said_in_one_sentence(
+    tmp_path, capsys, monkeypatch
+):
+    tree, bad = tree_with_damaged_pixels(tmp_path)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # what --data-dir replaces
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "2", "--num-workers", "0"]
+    train_loader, val_loader, _, _ = get_dataloaders(parse_args(flags))  # passes the check
+    assert sys.excepthook is say_unreadable_image
+    with pytest.raises(UnreadableImage) as raised:
+        list(train_loader) + list(val_loader)  # the image lands in one of them
+    capsys.readouterr()
+    sys.excepthook(UnreadableImage, raised.value, raised.value.__traceback__)
+    (line,) = capsys.readouterr().err.splitlines()  # no traceback
+    assert line.startswith(f"error: cannot read the image {bad} (")
+    assert line.endswith("); delete it or copy it again")
+
+
+def test_damaged_pixel_data_found_by_a_loader_worker_ends_the_run_with_one_sentence(tmp_path):
+    tree, bad = tree_with_damaged_pixels(tmp_path)
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "2", "--num-workers", "2"]
     returncode, stdout, stderr, _ = run_script(
-        "01_fabric_baseline.py",
-        "--quick",
-        "--data-dir",
-        str(tree),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        num_workers,
-        cwd=tmp_path,
+        "01_fabric_baseline.py", *flags, cwd=tmp_path, threads=1
     )
     assert "train/: 8 images in 2 classes" in stdout  # it passed the check before training
     (line,) = stderr.splitlines()  # no traceback
@@ -231,73 +242,25 @@ def test_16bit_grayscale_loads_as_the_same_pixels_saved_in_8bit(tmp_path):
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "32bit.tif")), eight_bit)
 
 
-@pytest.fixture(scope="module")
-def scientific_run(tmp_path_factory):
-    """One quick run on float TIFFs (0..1) in train/ and 16-bit grayscale PNGs in val/ (no
-    test/), its results file a link to a 0o444 file."""
-    workdir = tmp_path_factory.mktemp("scientific")
-    for name, level in (("dark", 8000), ("light", 40000)):  # clipped to 8 bits: both white
-        for split in ("train", "val"):
-            (workdir / "images" / split / name).mkdir(parents=True)
-        for index in range(16):  # flattened to 8 bits by convert("RGB"), both would be black
-            pixels = Image.fromarray(np.full((40, 40), level / 65535, np.float32))
-            pixels.save(workdir / "images" / "train" / name / f"{index}.tif")
-        for index in range(4):
-            pixels = Image.fromarray(np.full((40, 40), level, np.uint16))
-            pixels.save(workdir / "images" / "val" / name / f"{index}.png")
-    target = workdir / "kept" / "results.jsonl"
-    target.parent.mkdir()
-    target.write_text('{"script": "an earlier run"}\n')
-    target.chmod(0o444)
-    link = workdir / "01_fabric_baseline.jsonl"  # the --results path that run_script passes
-    link.symlink_to(target)
-    inode = target.stat().st_ino
-    run = run_script(
-        "01_fabric_baseline.py",
-        "--quick",
-        "--data-dir",
-        str(workdir / "images"),
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--num-workers",
-        "0",
-        cwd=workdir,
-        threads=1,
-    )
-    return run, link, target, inode
-
-
-def test_float_tiffs_train_to_full_accuracy_on_16bit_test_images(scientific_run):
-    (returncode, _, stderr, records), *_ = scientific_run
+def test_train_and_val_without_test_trains_and_says_which_folder_is_which(odd_folder_run):
+    returncode, stdout, stderr, records = odd_folder_run["run"]
     assert returncode == 0, stderr
-    assert records[-1]["test_acc"] == 1.0  # 8-bit copies of the same pixels train to 100% too
-
-
-def test_train_and_val_without_test_trains_and_says_which_folder_is_which(scientific_run):
-    (returncode, stdout, _, records), *_ = scientific_run
-    assert returncode == 0
-    assert (
-        "Validation: a seeded 10% of each class of train/ (4 of 32 images) | test: val/" in stdout
-    )
-    assert "Used for training: 28 images {'dark': 14, 'light': 14}" in stdout
-    assert "Used for validation: 4 images {'dark': 2, 'light': 2}" in stdout
-    assert (records[-1]["val_split"], records[-1]["test_split"]) == (
-        "a seeded 10% of each class of train/ (4 of 32 images)",
-        "val/",
-    )
+    split = "a seeded 10% of each class of train/ (4 of 32 images)"
+    assert f"Validation: {split} | test: val/" in stdout
+    assert "Used for training: 28 images {'bottom': 14, 'top': 14}" in stdout
+    assert "Used for validation: 4 images {'bottom': 2, 'top': 2}" in stdout
+    assert (records[-1]["val_split"], records[-1]["test_split"]) == (split, "val/")
 
 
 def test_a_results_link_to_a_read_only_file_stays_a_link_and_the_file_keeps_its_mode(
-    scientific_run,
+    odd_folder_run,
 ):
-    (returncode, _, _, records), link, target, inode = scientific_run
-    assert returncode == 0 and link.is_symlink() and link.resolve() == target
-    assert (
-        stat.S_IMODE(target.stat().st_mode) == 0o444 and target.stat().st_ino == inode
-    )  # appended, not replaced
-    assert [record["script"] for record in records] == ["an earlier run", "01_fabric_baseline.py"]
+    link, target = odd_folder_run["link"], odd_folder_run["target"]
+    assert odd_folder_run["run"][0] == 0 and link.is_symlink() and link.resolve() == target
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444  # appended to, not replaced
+    assert target.stat().st_ino == odd_folder_run["inode"]
+    records = odd_folder_run["run"][3]
+    assert [record["script"] for record in records] == ["an earlier run", "04_fabric_bf16true.py"]
 
 
 @pytest.mark.parametrize(

@@ -224,3 +224,17 @@ def test_ctrl_c_during_the_cifar10_download_is_one_line_and_status_130(monkeypat
     with pytest.raises(SystemExit, match="130"):
         get_dataloaders(parse_args([]))
     assert capsys.readouterr().err == "error: interrupted while downloading CIFAR-10 to data\n"
+
+
+def test_max_steps_beyond_one_epoch_says_how_many_steps_will_run(image_tree, capsys):
+    flags = ["--quick", "--data-dir", str(image_tree), "--batch-size", "4", "--max-steps", "40"]
+    train_loader = get_dataloaders(parse_args(flags))[0]
+    assert len(train_loader) == 7  # 30 training images (2 of each class's 12 validate)
+    out = capsys.readouterr().out
+    assert "Training 7 of the 40 steps asked for: one epoch of this data has 7 batches" in out
+
+
+def test_max_steps_within_an_epoch_draws_that_many_batches_at_random():
+    train_loader = get_dataloaders(parse_args(["--quick", "--max-steps", "3"]))[0]
+    assert len(train_loader) == 3 and len(train_loader.dataset) == 3 * 32
+    assert sorted(train_loader.dataset.indices) != list(range(3 * 32))  # not the first 96

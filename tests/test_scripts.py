@@ -1,16 +1,14 @@
 """The numbered scripts run end to end as a user runs them (--quick): accuracy, records, output."""
 
-import os
 import re
 import runpy
-import signal
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import QUICK_SCRIPTS, ROOT, refusal_in_process
+from conftest import ROOT, SCRIPTS, refusal_in_process
 
+import measurement
 from flags import parse_args
 from local_utilities import get_dataloaders
 
@@ -54,14 +52,14 @@ def test_16true_quick_run_is_reported_as_diverged(quick_runs):
     assert returncode == 3  # DIVERGED_EXIT_CODE: a runner can tell divergence from a crash
     assert records[-1]["diverged"] is True and records[-1]["test_acc"] is None
     assert re.search(r"error: training diverged: .*step \d+", stderr)
-    assert "Epoch: 002/002" not in stdout  # stopped at once, no further epochs
+    assert "Batch 0070/0070" not in stdout  # stopped at once: no further steps
 
 
-@pytest.mark.parametrize("script", [script.name for script in QUICK_SCRIPTS])
+@pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
 def test_results_record_is_well_formed(quick_runs, script):
     record = quick_runs[script][3][-1]
     assert record.keys() >= RECORD_KEYS
-    assert record["script"] == script and record["model"] == "vit_tiny_32" and record["epochs"] == 2
+    assert record["script"] == script and record["model"] == "vit_tiny_32" and record["epochs"] == 1
     assert set(record["versions"]) == {"python", "torch", "torchvision", "lightning"}
     assert record["train_time_s"] > 0 and record["peak_memory_gb"] > 0
     assert (
@@ -79,14 +77,14 @@ def test_run_prints_versions_device_progress_time_memory_and_accuracy(quick_runs
         r"lightning\s*: \d",
         r"Device: .+ \| Model: vit_tiny_32",
         r"Precision in effect: \S+",
-        r"Epoch: 001/002 \| Batch 0001/0070 \| Loss: \d+\.\d{4} \| [\d.]+ img/s"
+        r"Epoch: 001/001 \| Batch 0001/0070 \| Loss: \d+\.\d{4} \| [\d.]+ img/s"
         r"( \([\d.]+ s/step\))? \| "
         r"\d\d:\d\d left",
-        r"Epoch: 002/002 \| Batch 0070/0070 \| .* \| 00:00 left",
-        r"Epoch: 002/002 \| Train acc\.: [\d.]+% \| Val acc\.: [\d.]+%",
+        r"Epoch: 001/001 \| Batch 0070/0070 \| .* \| 00:00 left",
+        r"Epoch: 001/001 \| Train acc\.: [\d.]+% \| Val acc\.: [\d.]+%",
         r"Training time: [\d.]+ min \([\d.]+ s\), including the per-epoch validation \| "
         r"First step: [\d.]+ s \| Steady state: "
-        r"[\d.]+ img/s.* over 135 steps, [\d.]+% of their time waiting for data \| MFU: none \(no "
+        r"[\d.]+ img/s.* over 65 steps, [\d.]+% of their time waiting for data \| MFU: none \(no "
         r"datasheet peak FLOP/s for this CPU\)",
         r"Peak memory: [\d.]+ GB peak RSS growth .*absolute peak RSS",
         r"Train acc\.: [\d.]+% \| Val acc\.: [\d.]+% \| Test acc\.: [\d.]+%",
@@ -199,22 +197,22 @@ def test_runner_knows_the_scripts_divergence_exit_code():
     )  # kept apart so the runner needs no torch
 
 
-def test_ctrl_c_while_training_prints_one_line_exits_130_and_writes_no_record(tmp_path):
+def test_ctrl_c_while_training_prints_one_line_exits_130_and_writes_no_record(
+    tmp_path, monkeypatch, capsys
+):
+    step_done = measurement.StepTimer.step_done
+
+    def interrupted_after_3_steps(timer):
+        step_done(timer)
+        if len(timer.step_times) == 3:
+            raise KeyboardInterrupt  # what Python raises on Ctrl-C (SIGINT)
+
+    monkeypatch.setattr(measurement.StepTimer, "step_done", interrupted_after_3_steps)
     results = tmp_path / "results.jsonl"
-    command = [sys.executable, str(ROOT / "01_fabric_baseline.py"), "--quick", "--epochs", "50"]
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [*command, "--results", str(results)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
-    for line in process.stdout:  # wait until training runs
-        if line.startswith("Epoch: 001/050 | Batch 0001/"):
-            break
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert re.fullmatch(r"interrupted at epoch \d+, step \d+; no record written\n", stderr)
+    argv = ["01_fabric_baseline.py", "--quick", "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "01_fabric_baseline.py"), run_name="__main__")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "interrupted at epoch 1, step 4; no record written\n"
     assert not results.exists()
