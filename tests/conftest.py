@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,20 +74,30 @@ def refusal_in_process(script, *flags):
     )
 
 
-@pytest.fixture(scope="session")
-def quick_runs(tmp_path_factory):
-    """Every numbered script's short --quick run, two at a time on one thread each, the compiled
-    one (the longest: it compiles) first, with dynamo logging graph breaks and recompilations to
-    stderr: {file name: (exit code, stdout, stderr, records)}."""
-    workdir = tmp_path_factory.mktemp("quick_runs")
+QUICK_RUNS = {}  # file name: the Future of its quick run, started by pytest_collection_finish
+
+
+def pytest_collection_finish(session):
+    """Start the quick runs as soon as the tests are collected, if any test needs them: two at a
+    time, beside the tests that come first, which mostly leave the second core idle."""
+    if not any("quick_runs" in item.fixturenames for item in session.items):
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="quick_runs_"))
     logs = {"TORCH_LOGS": "graph_breaks,recompiles"}  # only 04c compiles: only it logs
-
-    def run(script):
-        return run_script(script, *QUICK_FLAGS, cwd=workdir, threads=1, environment=logs)
-
+    pool = ThreadPoolExecutor(max_workers=2)
     names = sorted((script.name for script in SCRIPTS), key=lambda name: "compile" not in name)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(names, pool.map(run, names), strict=True))
+    for name in names:  # 04c, the longest (it compiles), first
+        QUICK_RUNS[name] = pool.submit(
+            run_script, name, *QUICK_FLAGS, cwd=workdir, threads=1, environment=logs
+        )
+    pool.shutdown(wait=False)
+
+
+@pytest.fixture(scope="session")
+def quick_runs():
+    """Every numbered script's short --quick run, on one thread each, dynamo logging graph breaks
+    and recompilations to stderr: {file name: (exit code, stdout, stderr, records)}."""
+    return {name: future.result() for name, future in QUICK_RUNS.items()}
 
 
 def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "frog"), per_class=12):

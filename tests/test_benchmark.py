@@ -596,10 +596,12 @@ def test_repeated_runs_report_each_scripts_median_run(tmp_path):
     assert "Several runs of a script: its run of median images/s" in markdown
 
 
-def test_end_to_end_quick_run_of_01_and_04_over_two_seeds(tmp_path):
+def test_end_to_end_quick_run_over_two_seeds(tmp_path):
+    """The one test that runs real scripts: 01 over two seeds (the paired differences between
+    scripts are tested on records above)."""
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")  # a busy shared CPU slows many threads down
-    flags = ["--seeds", "2", "--scripts", "01", "04", "--quick", "--max-steps", "5"]
+    flags = ["--seeds", "2", "--scripts", "01", "--quick", "--max-steps", "5"]
     process = subprocess.run(
         [sys.executable, str(ROOT / "benchmark.py"), *flags, "--out", str(out)],
         cwd=tmp_path,
@@ -609,20 +611,14 @@ def test_end_to_end_quick_run_of_01_and_04_over_two_seeds(tmp_path):
         timeout=300,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    assert "[1/4] 01_fabric_baseline.py --seed 1  (elapsed" in process.stdout
-    assert "[4/4] 04_fabric_bf16true.py --seed 2" in process.stdout
+    assert "[1/2] 01_fabric_baseline.py --seed 1  (elapsed" in process.stdout
+    assert "[2/2] 01_fabric_baseline.py --seed 2" in process.stdout
     assert "left if the rest run as fast as the finished ones)" in process.stdout
     records = benchmark.read_results(out / "results.jsonl")[0]
-    assert [(r["script"][:2], r["seed"], r["steps"]) for r in records] == [
-        ("01", 1, 5),
-        ("04", 1, 5),
-        ("01", 2, 5),
-        ("04", 2, 5),
-    ]
-    markdown = (out / "results.md").read_text()
-    rows = table(markdown)
-    assert [row["Result"] for row in rows] == ["ok", "ok"]
-    assert rows[1]["SD over seeds (points)"] != "–" and rows[1]["Min–max over seeds (%)"] != "–"
-    assert rows[1]["Vs 01, paired by seed"].startswith(("within", "lower", "higher"))
+    seeds = [(r["script"][:2], r["seed"], r["steps"]) for r in records]
+    assert seeds == [("01", 1, 5), ("01", 2, 5)]
+    rows = table((out / "results.md").read_text())
+    assert [row["Result"] for row in rows] == ["ok"]
+    assert rows[0]["SD over seeds (points)"] != "–" and rows[0]["Min–max over seeds (%)"] != "–"
     assert rows[0]["First step (s)"] != "–"
     assert (out / "results.png").read_bytes().startswith(PNG_SIGNATURE)

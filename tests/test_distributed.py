@@ -17,16 +17,18 @@ TWO_CPU_PROCESSES = ["--accelerator", "cpu", "--devices", "2", "--strategy", "dd
 QUICK_STEPS = ["--quick", "--max-steps", "4"]
 
 
-def test_two_process_run_prints_once_and_writes_one_record_with_global_counts(tmp_path):
+def test_two_process_run_stops_together_reports_once_and_records_global_counts(tmp_path):
+    """16-true diverges at step 2 on both processes: one report, one record, one error line."""
     flags = [*QUICK_STEPS, *TWO_CPU_PROCESSES]
     returncode, stdout, stderr, records = run_script(
-        "04_fabric_bf16true.py", *flags, cwd=tmp_path, threads=1
+        "03_fabric_16true.py", *flags, cwd=tmp_path, threads=1
     )
-    assert returncode == 0, stderr
-    assert len(records) == 1 and records[0]["world_size"] == 2
-    assert records[0]["train_images"] == 2 * 4 * 32  # both processes' images: 4 steps of 32 each
+    assert returncode == 3, stderr
+    assert len(records) == 1 and records[0]["world_size"] == 2 and records[0]["diverged"]
+    assert records[0]["train_images"] == 2 * 1 * 32  # both processes' images: 1 step of 32 each
     assert len(re.findall(r"^Training time", stdout, re.MULTILINE)) == 1
     assert "x 2 process(es)" in stdout and "the most of any of the 2 processes" in stdout
+    assert stderr.count("error: training diverged") == 1
 
 
 def test_an_input_error_found_by_every_process_is_printed_once(tmp_path, image_tree):
@@ -39,19 +41,6 @@ def test_an_input_error_found_by_every_process_is_printed_once(tmp_path, image_t
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert returncode == 2 and records == []
     assert len(errors) == 1 and errors[0].startswith("error: --data-dir class folder")
-
-
-def test_divergence_stops_both_processes_together(tmp_path):
-    flags = [*QUICK_STEPS, *TWO_CPU_PROCESSES]
-    returncode, stdout, stderr, records = run_script(
-        "03_fabric_16true.py", *flags, cwd=tmp_path, threads=1
-    )
-    assert returncode == 3, stderr
-    assert (
-        len(records) == 1
-        and records[0]["diverged"]
-        and stderr.count("error: training diverged") == 1
-    )
 
 
 def in_two_processes(function, tmp_path, *args):
