@@ -19,6 +19,10 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# One thread per process: the quick runs go on beside the other tests, and on 2 cores several
+# processes of 2 threads each spend their time waiting for each other.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 SCRIPTS = sorted(ROOT.glob("[0-9][0-9]*_*.py"))  # 00 to 05, and the lettered fixes
 # one epoch of 70 steps: past 95% accuracy, and cheap; --track-updates names the changed weights
 QUICK_FLAGS = ["--quick", "--epochs", "1", "--track-updates"]
@@ -74,22 +78,25 @@ def refusal_in_process(script, *flags):
     )
 
 
-QUICK_RUNS = {}  # file name: the Future of its quick run, started by pytest_collection_finish
+BACKGROUND = {}  # name: the Future of a run that pytest_collection_finish started
 
 
 def pytest_collection_finish(session):
-    """Start the quick runs as soon as the tests are collected, if any test needs them: two at a
-    time, beside the tests that come first, which mostly leave the second core idle."""
-    if not any("quick_runs" in item.fixturenames for item in session.items):
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="quick_runs_"))
-    logs = {"TORCH_LOGS": "graph_breaks,recompiles"}  # only 04c compiles: only it logs
+    """Start the runs that session fixtures need as soon as the tests are collected, two at a
+    time, beside the tests that come first, which mostly leave the second core idle: the quick
+    runs (04c, the longest, first) and the run on an odd image folder."""
+    needed = {name for item in session.items for name in item.fixturenames}
     pool = ThreadPoolExecutor(max_workers=2)
-    names = sorted((script.name for script in SCRIPTS), key=lambda name: "compile" not in name)
-    for name in names:  # 04c, the longest (it compiles), first
-        QUICK_RUNS[name] = pool.submit(
-            run_script, name, *QUICK_FLAGS, cwd=workdir, threads=1, environment=logs
-        )
+    if "quick_runs" in needed:
+        workdir = Path(tempfile.mkdtemp(prefix="quick_runs_"))
+        logs = {"TORCH_LOGS": "graph_breaks,recompiles"}  # only 04c compiles: only it logs
+        names = sorted((script.name for script in SCRIPTS), key=lambda name: "compile" not in name)
+        for name in names:
+            BACKGROUND[name] = pool.submit(
+                run_script, name, *QUICK_FLAGS, cwd=workdir, threads=1, environment=logs
+            )
+    if "odd_folder_run" in needed:
+        BACKGROUND["odd folder"] = pool.submit(run_on_an_odd_folder)
     pool.shutdown(wait=False)
 
 
@@ -97,7 +104,7 @@ def pytest_collection_finish(session):
 def quick_runs():
     """Every numbered script's short --quick run, on one thread each, dynamo logging graph breaks
     and recompilations to stderr: {file name: (exit code, stdout, stderr, records)}."""
-    return {name: future.result() for name, future in QUICK_RUNS.items()}
+    return {script.name: BACKGROUND[script.name].result() for script in SCRIPTS}
 
 
 def write_image_tree(root, splits=("train", "test"), classes=("cat", "dog", "frog"), per_class=12):
@@ -234,13 +241,12 @@ def write_odd_folder(root):
     return root
 
 
-@pytest.fixture(scope="session")
-def odd_folder_run(tmp_path_factory):
+def run_on_an_odd_folder():
     """The one training run on a user's kind of image folder (write_odd_folder), from a project
     folder that holds only COPY_THIS, with two loader workers, its --results a link to a read-only
     file that holds an earlier record: {"run": (exit code, stdout, stderr, records), "project",
     "link", "target", "inode"}."""
-    workdir = tmp_path_factory.mktemp("odd_folder")
+    workdir = Path(tempfile.mkdtemp(prefix="odd_folder_"))
     project = workdir / "my_project"
     project.mkdir()
     for name in COPY_THIS:
@@ -256,3 +262,9 @@ def odd_folder_run(tmp_path_factory):
     flags = ["--quick", "--data-dir", str(tree), "--batch-size", "4", "--epochs", "2"]
     run = run_script(project / COPY_THIS[0], *flags, "--num-workers", "2", cwd=workdir, threads=1)
     return dict(run=run, project=project, link=link, target=target, inode=inode)
+
+
+@pytest.fixture(scope="session")
+def odd_folder_run():
+    """run_on_an_odd_folder's result, started when the tests were collected."""
+    return BACKGROUND["odd folder"].result()
