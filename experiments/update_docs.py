@@ -6,22 +6,26 @@ A block is a pair of HTML comments around text that this script writes, never a 
     <!-- diff: 01_fabric_baseline.py 04_fabric_bf16true.py -->   `diff`'s output, as a diff block
     <!-- output: python 04_fabric_bf16true.py --quick -->        what the command prints, run now
     <!-- markdown: python experiments/why_16true_diverges.py -->  the same, as Markdown itself
+    <!-- table: accuracy docs/results/digits/results.jsonl -->  experiments/results_table.py's view
     ...
     <!-- end -->
 
-Run: python experiments/update_docs.py            (files and diffs only: instant)
+Run: python experiments/update_docs.py            (files, diffs and tables: seconds)
      python experiments/update_docs.py --run      (also reruns every output block: minutes)
 Commands run from the repository root through bash, so a block may end in `| tail -n 5`.
-tests/test_docs.py checks that every file and diff block matches what this script would write.
+tests/test_docs.py checks that every file, diff and table block matches what this script would
+write.
 """
 
 import argparse
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"<!-- (file|diff|output|markdown): (.+?) -->\n(.*?)<!-- end -->", re.DOTALL)
+KINDS = "file|diff|table|output|markdown"
+BLOCK = re.compile(rf"<!-- ({KINDS}): (.+?) -->\n(.*?)<!-- end -->", re.DOTALL)
 
 
 def documents() -> list[Path]:
@@ -47,6 +51,8 @@ def expected(kind: str, argument: str, current: str, run: bool) -> str:
         return (REPO / argument).read_text().rstrip() + "\n"
     if kind == "diff":
         return diff_block(argument)
+    if kind == "table":
+        return printed(f"{sys.executable} experiments/results_table.py {argument}")
     if not run:
         return current
     if kind == "markdown":
