@@ -13,8 +13,8 @@ accuracy and the share of backbone weights that changed at all. CPU only, genera
 
 Run: python experiments/bf16_lost_updates.py [--epochs N] [--lrs 5e-5 2e-4 1e-3] [--seed S]
      [--tiny] [--vit-l-16] [--zero-head]
-Cost: 4 pretraining epochs of 128 steps, then 12 finetuning runs of 5 epochs of 32 steps (84 s on
-our 2-core AMD EPYC with bfloat16 units; 716 s on a 2-core AVX2-only CPU). --tiny, which
+Cost: 4 pretraining epochs of 128 steps, then 12 finetuning runs of 5 epochs of 32 steps: 84 to
+128 s on our 2-core AMD EPYC with bfloat16 units, 716 s on a 2-core AVX2-only CPU. --tiny, which
 tests/test_bf16_lost_updates.py runs, trains 4 pretraining epochs of 8 steps and 4 runs of 6
 epochs of 8 steps per learning rate.
 """
