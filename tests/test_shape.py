@@ -23,16 +23,7 @@ LETTERED = {  # lettered fix: (its parent, the statements it changes or adds)
     "04b_fabric_bf16true_kahan.py": "04_fabric_bf16true.py",
     "04c_fabric_bf16true_compile.py": "04_fabric_bf16true.py",
 }
-MODULES = [
-    "flags.py",
-    "image_files.py",
-    "local_utilities.py",
-    "measurement.py",
-    "model_weights.py",
-    "nan_check.py",
-    "processes.py",
-    "run_record.py",
-]
+MODULES = COPY_THIS[1:]  # every module a script imports: what the README says to copy
 
 
 def code_lines(path):
