@@ -85,7 +85,8 @@ def first_nonfinite_module(model: torch.nn.Module, features: torch.Tensor) -> st
 
     modules = getattr(model, "module", model).named_modules()
     hooks = [module.register_forward_hook(watch(name)) for name, module in modules if name]
-    # eager even when the model is compiled: every hook runs, and nothing is compiled again
+    # eager even when the model is compiled: every hook runs, and nothing is compiled again.
+    # Private: the public torch.compiler.set_stance("force_eager") needs torch 2.6, we allow 2.4
     with torch.no_grad(), torch._dynamo.config.patch(disable=True):
         model(features)
     for hook in hooks:

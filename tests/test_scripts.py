@@ -188,13 +188,14 @@ def test_ci_runs_the_readme_test_command():
     ] == "python3 " + readme_command.removeprefix("python ")
 
 
-def test_runner_knows_the_scripts_divergence_exit_code():
+def test_runner_knows_the_scripts_exit_codes():
     import benchmark
     import nan_check
+    import processes
 
-    assert (
-        benchmark.DIVERGED_EXIT_CODE == nan_check.DIVERGED_EXIT_CODE
-    )  # kept apart so the runner needs no torch
+    # kept apart, so that the runner needs no torch
+    assert benchmark.DIVERGED_EXIT_CODE == nan_check.DIVERGED_EXIT_CODE
+    assert benchmark.SHARED_PROBLEM_EXIT_CODE == processes.INPUT_ERROR
 
 
 def test_ctrl_c_while_training_prints_one_line_exits_130_and_writes_no_record(
