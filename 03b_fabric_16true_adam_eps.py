@@ -1,21 +1,24 @@
 # Finetune torchvision's vit_l_16 (ImageNet weights, a new head) on CIFAR-10 and report the
 # training time, peak memory and accuracy. Lightning Fabric at the PRECISION set below:
 # diff this script with its neighbours to see what changes.
+import signal
 import sys
 import time
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-import torchvision
 from torchmetrics.classification import MulticlassAccuracy
 
-from flags import parse_args
+from errors import InputError
+from flags import parse_args, recorded_flags
+from hardware import PrecisionUnavailable, print_setup
+from image_files import UnreadableImage
 from local_utilities import compute_accuracy, get_dataloaders
-from measurement import StepTimer, print_setup, reset_peak_memory, watch_dtypes
-from model_weights import model_weights
+from measurement import Measurement
+from model_weights import get_model, model_weights
 from nan_check import DIVERGED_EXIT_CODE, all_finite, divergence_message, first_nonfinite
-from run_record import copy_weights, report
+from processes import print_once
 
 PRECISION = "16-true"  # everything in float16: weights, activations, gradients, Adam state
 
@@ -55,8 +58,8 @@ def train(num_epochs, model, optimizer, scheduler, train_loader, val_loader, tim
     return {"train_acc": train_acc, "val_acc": val_acc}, None
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def main(args):
+    """Steps 1 to 5 of a run; returns its exit status: 0, DIVERGED_EXIT_CODE, or 130 (Ctrl-C)."""
     torch.set_float32_matmul_precision(args.matmul_precision)
     L.seed_everything(args.seed, verbose=False)
 
@@ -69,16 +72,20 @@ if __name__ == "__main__":
         precision=PRECISION,
     )
     fabric.launch()
-    print_setup(args, PRECISION, fabric.device)  # stops if the device lacks this precision
+    print_setup(PRECISION, fabric.device, args.model)  # raises if the device lacks PRECISION
 
     # 2 Load the data and the pretrained weights (downloaded once, then cached)
-    train_loader, val_loader, test_loader, data = get_dataloaders(args)
-    weights = model_weights(args)  # ImageNet weights; None for --quick and --synthetic
+    train_loader, val_loader, test_loader, data = get_dataloaders(
+        args.data, args.model, args.batch_size, args.seed, args.max_steps, args.num_workers
+    )
+    weights = model_weights(args.model, args.weights, args.data_dir)  # None: --quick, --synthetic
 
     # 3 Build the model directly on the device and in the target precision, with a new head
-    memory_baseline = reset_peak_memory(fabric.device)
+    measurement = Measurement(  # the peak memory counts from here
+        PRECISION, fabric.device, len(train_loader), **recorded_flags(args), **vars(data)
+    )
     with fabric.init_module():
-        model = torchvision.models.get_model(args.model, weights=weights)
+        model = get_model(args.model, weights=weights)
         model.heads.head = torch.nn.Linear(model.heads.head.in_features, data.num_classes)
     # float16 rounds Adam's default eps=1e-8 to 0, and a zero denominator makes NaN; 1e-4 it holds
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=1e-4)
@@ -87,11 +94,9 @@ if __name__ == "__main__":
     train_loader, val_loader, test_loader = fabric.setup_dataloaders(
         train_loader, val_loader, test_loader
     )
-    dtypes = watch_dtypes(model, PRECISION, fabric.device)  # filled by the first forward pass
-    initial_weights = copy_weights(model, args.track_updates)  # --track-updates; else None
+    measurement.watch(model, args.track_updates)  # the dtypes in effect; the weights, to compare
 
     # 4 Finetune; the training time includes the per-epoch validation, as in the reference
-    timer = StepTimer(args, steps_per_epoch=len(train_loader), device=fabric.device)
     start = time.perf_counter()
     try:
         accuracies, diverged_at = train(
@@ -101,30 +106,36 @@ if __name__ == "__main__":
             scheduler=scheduler,
             train_loader=train_loader,
             val_loader=val_loader,
-            timer=timer,
+            timer=measurement.timer,
             fabric=fabric,
         )
-    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback
-        fabric.print(f"interrupted at {timer.position()}; no record written", file=sys.stderr)
-        sys.exit(130)  # the status a shell gives a program stopped by Ctrl-C
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see below): one line instead of a traceback
+        where = measurement.timer.position()
+        fabric.print(f"interrupted at {where}; no record written", file=sys.stderr)
+        return 130  # the status a shell gives a program stopped by Ctrl-C
     train_time = time.perf_counter() - start
 
     # 5 Evaluate on the test set; report time, memory and accuracy; append the run's record
     if diverged_at is None:
         accuracies["test_acc"] = compute_accuracy(model, test_loader)
-    report(
-        args=args,
-        data=data,
-        timer=timer,
-        train_time=train_time,
-        memory_baseline=memory_baseline,
-        dtypes=dtypes,
-        accuracies=accuracies,
-        diverged_at=diverged_at,
-        model=model,
-        initial_weights=initial_weights,
-    )
+    measurement.report(train_time, accuracies, diverged_at, results=args.results)
     fabric.barrier()  # every process gets here before any exits, or teardown can abort
     if diverged_at is not None:
-        fabric.print(divergence_message(diverged_at, dtypes), file=sys.stderr)
-        sys.exit(DIVERGED_EXIT_CODE)
+        fabric.print(divergence_message(diverged_at, measurement.weight_dtype), file=sys.stderr)
+        return DIVERGED_EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill`, `docker stop`: as Ctrl-C
+    try:
+        sys.exit(main(parse_args()))
+    except InputError as error:  # flags, data, weights or files: every script would stop here
+        print_once(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (PrecisionUnavailable, UnreadableImage) as error:  # this device, or a file found late
+        print_once(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C outside training: a download, say
+        print_once(f"error: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)

@@ -19,28 +19,100 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 BASELINE = "01_fabric_baseline.py"
 DIVERGED_EXIT_CODE = 3  # nan_check's; not imported, as that module imports torch
-SHARED_PROBLEM_EXIT_CODE = 2  # processes.INPUT_ERROR: flags, data, network or weights
+SHARED_PROBLEM_EXIT_CODE = 2  # the scripts' status for an InputError: flags, data, weights
 SHARED_PROBLEM = "every script would stop the same way; fix that and run again"
 # Peak RSS on a CPU moved by 0.07 GB between identical runs: a ratio to less would be noise
 MEMORY_RESOLUTION_GB = 0.1
 BELOW_RESOLUTION = "below resolution"
 # Runs that agree on these are repeats of one setting; only runs of one setting are compared.
-SETTING_KEYS = ("model", "data", "batch_size", "epochs", "steps", "world_size", "device_name")
-SETTING_KEYS += ("matmul_precision", "learning_rate")
-NUMBER_KEYS = ("world_size", "epochs", "batch_size", "steps", "train_time_s", "images_per_s")
-NUMBER_KEYS += ("data_wait_share", "peak_memory_gb", "train_acc", "val_acc", "test_acc")
-RECORD_KEYS = ("script", "precision", "device_name", *NUMBER_KEYS, "model", "data", "diverged")
-RECORD_KEYS += ("matmul_precision", "memory_measure", "versions")  # what the runner reads
-COLUMNS = ["Script", "Model", "Precision in effect", "Matmul precision", "Training time (s)"]
-COLUMNS += ["Images/s", "First step (s)", "Time/step (s)", "Time/step vs 01", "Data wait", "MFU"]
-COLUMNS += ["Peak memory (GB)", "Memory vs 01", "Time/step vs parent", "Memory vs parent"]
-COLUMNS += ["Pays off vs parent after", "Train acc. (%)", "Val acc. (%)", "Test acc. (%)"]
-COLUMNS += ["Test acc. vs 01 (points)", "SD over seeds (points)", "Min–max over seeds (%)"]
-COLUMNS += ["Vs 01, paired by seed", "Vs parent, paired by seed", "Result"]
-SPEED = ["Script", "First step (s)", "Time/step (s)", "Time/step vs 01", "Memory vs 01"]
-SPEED += ["Time/step vs parent", "Memory vs parent", "Pays off vs parent after", "Data wait"]
-TEXT = [*COLUMNS[:4], *COLUMNS[-3:]]  # left-aligned: names, verdicts, results
-ACCURACY = ["Script", *COLUMNS[18:]]  # from "Test acc. (%)" on: the terminal's second table
+SETTING_KEYS = (
+    "model",
+    "data",
+    "batch_size",
+    "epochs",
+    "steps",
+    "world_size",
+    "device_name",
+    "matmul_precision",
+    "learning_rate",
+)
+NUMBER_KEYS = (
+    "world_size",
+    "epochs",
+    "batch_size",
+    "steps",
+    "train_time_s",
+    "images_per_s",
+    "data_wait_share",
+    "peak_memory_gb",
+    "train_acc",
+    "val_acc",
+    "test_acc",
+)
+# what the runner reads of a record
+RECORD_KEYS = (
+    "script",
+    "precision",
+    "device_name",
+    *NUMBER_KEYS,
+    "model",
+    "data",
+    "diverged",
+    "matmul_precision",
+    "memory_measure",
+    "versions",
+)
+SPEED = [  # the terminal's first table
+    "Script",
+    "First step (s)",
+    "Time/step (s)",
+    "Time/step vs 01",
+    "Memory vs 01",
+    "Time/step vs parent",
+    "Memory vs parent",
+    "Pays off vs parent after",
+    "Data wait",
+]
+ACCURACY = [  # the terminal's second table
+    "Script",
+    "Test acc. (%)",
+    "Test acc. vs 01 (points)",
+    "SD over seeds (points)",
+    "Min–max over seeds (%)",
+    "Vs 01, paired by seed",
+    "Vs parent, paired by seed",
+    "Result",
+]
+COLUMNS = [  # results.md: every column
+    "Script",
+    "Model",
+    "Precision in effect",
+    "Matmul precision",
+    "Training time (s)",
+    "Images/s",
+    "First step (s)",
+    "Time/step (s)",
+    "Time/step vs 01",
+    "Data wait",
+    "MFU",
+    "Peak memory (GB)",
+    "Memory vs 01",
+    "Time/step vs parent",
+    "Memory vs parent",
+    "Pays off vs parent after",
+    "Train acc. (%)",
+    "Val acc. (%)",
+    *ACCURACY[1:],
+]
+TEXT = [  # left-aligned: names, verdicts, results
+    "Script",
+    "Model",
+    "Precision in effect",
+    "Matmul precision",
+    "Vs 01, paired by seed",
+    "Vs parent, paired by seed",
+    "Result",
+]
 CHART = [  # panel title, record key, scale, the table columns of the value and its ratio to 01
     ("Time per step, steady state (s)", "seconds_per_step", 1, "Time/step (s)", "Time/step vs 01"),
     ("Peak memory (GB)", "peak_memory_gb", 1, "Peak memory (GB)", "Memory vs 01"),
@@ -54,13 +126,24 @@ PARENT += "its faster steps take to repay its slower first step (compilation, fo
 def parse_args(argv):
     """The runner's options, and the scripts' flags. Errors: exits 2 with one sentence."""
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
-    add = parser.add_argument
-    add("--scripts", nargs="+", metavar="SCRIPT", help="by number (01 04), file name or path")
-    add("--out", type=Path, default=Path("results"), help="folder for results.jsonl, .md, .png")
-    add("--append", action="store_true", help="add to the records in OUT/results.jsonl")
-    add("--repeats", type=int, default=1, metavar="N", help="N runs each; tabulate the median")
-    add("--seeds", type=int, nargs="+", metavar="SEED", help="N (seeds 1 to N) or a list of seeds")
-    add("--from-results", type=Path, metavar="FILE", help="run nothing; tabulate FILE's records")
+    parser.add_argument(
+        "--scripts", nargs="+", metavar="SCRIPT", help="by number (01 04), file name or path"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="folder for results.jsonl, .md, .png"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="add to the records in OUT/results.jsonl"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, metavar="N", help="N runs each; tabulate the median"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED", help="N (seeds 1 to N) or a list of seeds"
+    )
+    parser.add_argument(
+        "--from-results", type=Path, metavar="FILE", help="run nothing; tabulate FILE's records"
+    )
     args, script_args = parser.parse_known_args(argv)
     if args.seeds and len(args.seeds) == 1:  # a number of seeds
         args.seeds = list(range(1, args.seeds[0] + 1))
@@ -328,19 +411,37 @@ def table_cells(row, ratio):
     if row.get("crashed"):
         return cells
     seeds = list(accuracy_by_seed(row).values())
-    texts = [row["model"], row["precision"], row["matmul_precision"], cell(row["train_time_s"])]
-    texts += [cell(row["images_per_s"]), cell(row.get("first_step_s"))]
-    texts += [cell(seconds_per_step(row)), cell(ratio["time_per_step"], "{:.2f}x")]
-    texts += [cell(row["data_wait_share"], "{:.1%}"), cell(row.get("mfu"), "{:.1%}")]
-    texts += [cell(row["peak_memory_gb"], "{:.2f}"), cell(ratio["memory"], "{:.2f}x")]
-    texts += [cell(ratio["parent_time_per_step"], "{:.2f}x")]
-    texts += [cell(ratio["parent_memory"], "{:.2f}x"), cell(ratio["pays_off"])]
-    texts += [cell(row[key], "{:.1f}", 100) for key in ("train_acc", "val_acc", "test_acc")]
-    texts += [cell(ratio["test_acc_points"], "{:+.1f}"), "–", "–"]
+    spread, extremes = "–", "–"
     if len(seeds) > 1:
-        texts[-2:] = [f"{statistics.stdev(seeds):.2f}", f"{min(seeds):.1f}–{max(seeds):.1f}"]
-    texts += [cell(ratio["seeds_vs_01"]), cell(ratio["seeds_vs_parent"])]
-    cells.update(zip(COLUMNS[1:-1], texts, strict=True))
+        spread = f"{statistics.stdev(seeds):.2f}"
+        extremes = f"{min(seeds):.1f}–{max(seeds):.1f}"
+    cells.update(
+        {
+            "Model": row["model"],
+            "Precision in effect": row["precision"],
+            "Matmul precision": row["matmul_precision"],
+            "Training time (s)": cell(row["train_time_s"]),
+            "Images/s": cell(row["images_per_s"]),
+            "First step (s)": cell(row.get("first_step_s")),
+            "Time/step (s)": cell(seconds_per_step(row)),
+            "Time/step vs 01": cell(ratio["time_per_step"], "{:.2f}x"),
+            "Data wait": cell(row["data_wait_share"], "{:.1%}"),
+            "MFU": cell(row.get("mfu"), "{:.1%}"),
+            "Peak memory (GB)": cell(row["peak_memory_gb"], "{:.2f}"),
+            "Memory vs 01": cell(ratio["memory"], "{:.2f}x"),
+            "Time/step vs parent": cell(ratio["parent_time_per_step"], "{:.2f}x"),
+            "Memory vs parent": cell(ratio["parent_memory"], "{:.2f}x"),
+            "Pays off vs parent after": cell(ratio["pays_off"]),
+            "Train acc. (%)": cell(row["train_acc"], "{:.1f}", 100),
+            "Val acc. (%)": cell(row["val_acc"], "{:.1f}", 100),
+            "Test acc. (%)": cell(row["test_acc"], "{:.1f}", 100),
+            "Test acc. vs 01 (points)": cell(ratio["test_acc_points"], "{:+.1f}"),
+            "SD over seeds (points)": spread,
+            "Min–max over seeds (%)": extremes,
+            "Vs 01, paired by seed": cell(ratio["seeds_vs_01"]),
+            "Vs parent, paired by seed": cell(ratio["seeds_vs_parent"]),
+        }
+    )
     return cells
 
 

@@ -9,6 +9,15 @@ import torch
 
 TINY_VIT = "vit_tiny_32"  # the small model of --quick: 32x32 input, random initial weights
 IMAGENET_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
+DEFAULT_MODEL = "vit_l_16"  # the reference's
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # torchvision's name of the ViTs' ImageNet weights
+DEFAULT_EPOCHS = 3
+SYNTHETIC_STEPS = 20  # --synthetic's default --max-steps
+LEARNING_RATE = 5e-5  # the reference's, for ImageNet weights
+QUICK_LEARNING_RATE = 1e-3  # the small model starts from random weights: a larger rate
+IN_MEMORY_DATA = ("generated", "synthetic")  # no files to load: no loader processes by default
+CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup: its CPU quota and period, in µs
+CPU_QUOTA_FILES = [("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]  # v2, v1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,25 +26,65 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Finetune a ViT; report its training time, peak memory and accuracy.",
     )
-    add = parser.add_argument
-    add("--quick", action="store_true", help=f"offline and small: {TINY_VIT} on generated images")
-    add("--synthetic", action="store_true", help="speed and memory only: generated 224x224 images")
-    add("--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/ and test/")
-    add("--model", choices=IMAGENET_VITS, help="with ImageNet weights (default vit_l_16)")
-    add("--epochs", type=int, help="passes over the training set (default 3)")
-    add("--max-steps", type=int, metavar="N", help="train one epoch of N batches (20: --synthetic)")
-    add("--batch-size", type=int, default=32, help="images per device and step (default 32)")
-    add("--learning-rate", type=float, help="Adam's learning rate (default 5e-5; --quick: 1e-3)")
-    add("--seed", type=int, default=123, help="seeds the weights and the data order (default 123)")
-    add("--matmul-precision", choices=("highest", "high", "medium"), default="medium")
-    add("--num-workers", type=int, help="data loader processes (default: from the usable CPUs)")
-    add("--warmup-steps", type=int, default=5, metavar="N", help="steps before the steady state")
-    add("--track-updates", action="store_true", help="report the share of weights training changed")
-    add("--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE")
-    add("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    add("--devices", type=int, default=1, help="devices per machine (default 1)")
-    add("--strategy", choices=("auto", "ddp", "fsdp"), default="auto")
-    add("--num-nodes", type=int, default=1, help="machines (default 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"offline and small: {TINY_VIT} on generated images"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="speed and memory only: generated 224x224 images"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="PATH", help="your images: PATH/train/<class>/ and test/"
+    )
+    parser.add_argument(
+        "--model", choices=IMAGENET_VITS, help=f"with ImageNet weights (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--epochs", type=int, help=f"passes over the training set (default {DEFAULT_EPOCHS})"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help=f"train one epoch of N batches ({SYNTHETIC_STEPS}: --synthetic)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="images per device and step (default %(default)s)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"Adam's learning rate (default {LEARNING_RATE}; --quick: {QUICK_LEARNING_RATE})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=123,
+        help="seeds the weights and the data order (default %(default)s)",
+    )
+    parser.add_argument(
+        "--matmul-precision", choices=("highest", "high", "medium"), default="medium"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, help="data loader processes (default: from the usable CPUs)"
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=5, metavar="N", help="steps before the steady state"
+    )
+    parser.add_argument(
+        "--track-updates", action="store_true", help="report the share of weights training changed"
+    )
+    parser.add_argument(
+        "--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE"
+    )
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="devices per machine (default %(default)s)"
+    )
+    parser.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default="auto")
+    parser.add_argument("--num-nodes", type=int, default=1, help="machines (default %(default)s)")
     return parser
 
 
@@ -66,22 +115,22 @@ def validate_args(args: argparse.Namespace) -> list[str]:
         problems.append("--max-steps trains one epoch of at most that many steps; drop --epochs")
     if args.data_dir and not args.data_dir.is_dir():
         problems.append(f"--data-dir {args.data_dir} is not a folder")
-    problems += accelerator_problems(args)
+    problems += accelerator_problems(args.accelerator, args.strategy)
     problems += results_path_problems(args.results)
     problems += cluster_problems(args.num_nodes)
     return problems
 
 
-def accelerator_problems(args: argparse.Namespace) -> list[str]:
+def accelerator_problems(accelerator: str, strategy: str) -> list[str]:
     """An accelerator or strategy asked for that this machine lacks."""
     missing = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
     problems = []
-    if missing.get(args.accelerator):
+    if missing.get(accelerator):
         problems.append(
-            f"--accelerator {args.accelerator} was asked for, but this machine has none; "
+            f"--accelerator {accelerator} was asked for, but this machine has none; "
             "use --accelerator cpu or auto"
         )
-    if args.strategy == "fsdp" and (args.accelerator == "cpu" or missing["cuda"]):
+    if strategy == "fsdp" and (accelerator == "cpu" or missing["cuda"]):
         problems.append("--strategy fsdp needs CUDA GPUs; use ddp")
     return problems
 
@@ -130,10 +179,11 @@ def launched_by_a_cluster_tool() -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, checked, with the defaults that depend on other flags filled in.
+    """The flags, checked, with the defaults that depend on other flags filled in, and `data`:
+    "generated" (--quick), "synthetic", "cifar10", or the --data-dir path.
 
-    A problem stops the script with exit status 2 and one sentence per problem, before any
-    training.
+    A problem stops the script with exit status 2 and one sentence per problem (argparse's own
+    exit), before any training.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -141,35 +191,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems:
         parser.error("; ".join(problems))
     if args.num_nodes > 1:
-        say_what_the_launch_waits_for(args)
-    args.model = args.model or "vit_l_16"
-    args.weights = "IMAGENET1K_V1"
+        say_what_the_launch_waits_for(args.num_nodes, args.devices)
+    args.model = args.model or DEFAULT_MODEL
+    args.weights = IMAGENET_WEIGHTS
+    args.data = args.data_dir or "cifar10"
     if args.quick:
         args.model, args.weights = TINY_VIT, None
+    if args.quick and not args.data_dir:
+        args.data = "generated"
     if args.synthetic:
-        args.weights = None
+        args.weights, args.data = None, "synthetic"
     if args.synthetic and args.max_steps is None:
-        args.max_steps = 20
-    args.epochs = args.epochs or 3
+        args.max_steps = SYNTHETIC_STEPS
+    args.epochs = args.epochs or DEFAULT_EPOCHS
     if args.max_steps:  # --max-steps trains one epoch cut to that many batches
         args.epochs = 1
     if args.learning_rate is None:
-        args.learning_rate = 5e-5
-        if args.quick:  # the small model starts from random weights: a larger rate
-            args.learning_rate = 1e-3
+        args.learning_rate = LEARNING_RATE
+        if args.quick:
+            args.learning_rate = QUICK_LEARNING_RATE
+    if args.num_workers is None:
+        args.num_workers = default_loader_workers(args.data, args.devices)
     return args
 
 
-def say_what_the_launch_waits_for(args: argparse.Namespace) -> None:
+def recorded_flags(args: argparse.Namespace) -> dict:
+    """The flag values a run's record keeps beside what it measured."""
+    return dict(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+
+
+def default_loader_workers(data: str | Path, devices: int) -> int:
+    """--num-workers' default: none for generated data (in memory), else one less than the
+    usable CPUs' share of each of the `devices` processes on this machine (at least 1, at most
+    8), as Lightning's suggested_max_num_workers does, but counting a container's CPU quota too."""
+    if data in IN_MEMORY_DATA:
+        return 0
+    return min(8, max(1, usable_cpus() // devices - 1))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a batch system's cpuset),
+    within its cgroup's CPU quota (containers: docker --cpus, Kubernetes limits), rounded up."""
+    cpus = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        cpus = len(os.sched_getaffinity(0))
+    for files in CPU_QUOTA_FILES:
+        try:
+            words = " ".join((CGROUP / name).read_text() for name in files).split()
+        except OSError:
+            continue
+        if words[0] not in ("max", "-1"):  # no quota
+            cpus = min(cpus, math.ceil(int(words[0]) / int(words[1])))
+        break
+    return cpus
+
+
+def say_what_the_launch_waits_for(num_nodes: int, devices: int) -> None:
     """Before a launch on several machines waits, say for whom, where, and what to start."""
     if os.environ.get("LOCAL_RANK", "0") != "0" or launched_by_a_cluster_tool():
         return  # one line per machine, from the process that launches the others
     address, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
     node = int(os.environ["NODE_RANK"])
-    others = [str(rank) for rank in range(args.num_nodes) if rank != node]
+    others = [str(rank) for rank in range(num_nodes) if rank != node]
     print(
-        f"Waiting at {address}:{port} for {args.num_nodes} machines x {args.devices} device(s) = "
-        f"{args.num_nodes * args.devices} processes; this is node {node}. On the other "
+        f"Waiting at {address}:{port} for {num_nodes} machines x {devices} device(s) = "
+        f"{num_nodes * devices} processes; this is node {node}. On the other "
         f"machine(s), start the same command with MASTER_ADDR={address} MASTER_PORT={port} "
         f"NODE_RANK={' / '.join(others)}",
         flush=True,

@@ -5,7 +5,6 @@ import itertools
 import os
 import re
 import struct
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from PIL import Image, ImageCms, ImageOps
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from processes import fail, print_once
+from errors import InputError
+from processes import print_once
 
 END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}  # the last bytes of a whole file
 CONVERTED = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV")  # Pillow's convert is right
@@ -25,7 +25,18 @@ UNKNOWN_MODE = "has the pixel mode {}, which this loader does not know; save it 
 
 
 class UnreadableImage(OSError):
-    """An image whose pixels fail to decode, found while training (maybe in a loader worker)."""
+    """An image whose pixels fail to decode, found while training (maybe in a loader worker).
+
+    Its text is always the one sentence a user reads: the DataLoader re-raises a worker's error
+    as UnreadableImage(text holding the worker's whole traceback), from which the sentence is
+    kept. The scripts exit with status 1 on it.
+    """
+
+    def __init__(self, message: str):
+        sentences = re.findall(r"cannot read the image .*", message)
+        if sentences:
+            message = sentences[-1]
+        super().__init__(message)
 
 
 class UnusableImage(ValueError):
@@ -40,12 +51,14 @@ def load_rgb(path: str) -> Image.Image:
     that check_images refuses.
     """
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # metadata
-            image.load()  # a decoding error surfaces here, not inside the EXIF step
-            turn_upright(image)
-            return eight_bit_rgb(image)
-    except (OSError, ValueError, SyntaxError) as error:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # as check_images
+            with Image.open(path) as image:
+                image.load()  # a decoding error surfaces here, not inside the EXIF step
+                turn_upright(image)
+                return eight_bit_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as error:
         raise UnreadableImage(
             f"cannot read the image {path} ({error}); delete it or copy it again"
         ) from None
@@ -120,18 +133,6 @@ def scaled_to_8_bits(image: Image.Image) -> Image.Image:
     return Image.merge("LA", (gray, Image.fromarray(alpha)))
 
 
-def say_unreadable_image(kind, error, trace) -> None:
-    """sys.excepthook for --data-dir: a file that only decoding finds bad ends the run in one line.
-
-    The DataLoader re-raises a worker's error with the worker's traceback in its text.
-    """
-    found = re.findall(r"cannot read the image .*", str(error))
-    if not found:
-        sys.__excepthook__(kind, error, trace)
-        return
-    print(f"error: {found[-1]}", file=sys.stderr)
-
-
 def file_id(path: str) -> tuple[int, int] | str:
     """(device, inode) of what a path leads to, the same for every link to it; the path itself
     where it leads nowhere (a broken link, which check_images then names)."""
@@ -184,29 +185,27 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
     """{"train": ..., and "val" and/or "test": ...}: the split folders of data_dir, each walked
     once (what was skipped is said), counted per class, and checked file by file (check_images).
 
-    Installs say_unreadable_image as sys.excepthook for the files that only decoding finds bad.
-    Errors: exits with one sentence for a missing split, too few or mismatched classes, an empty
-    class folder, or a file check_images refuses.
+    Errors: InputError for a missing split, too few or mismatched classes, an empty class
+    folder, or a file check_images refuses.
     """
-    sys.excepthook = say_unreadable_image
     found = {}
     for name in ("train", "val", "test"):
         if (data_dir / name).is_dir():
             found[name] = VisibleImageFolder(data_dir / name, transform, loader=load_rgb)
     if "train" not in found or len(found) < 2:
-        fail(
+        raise InputError(
             f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; "
             f"it has {list(found) or 'neither'}"
         )
     classes = found["train"].classes
     if len(classes) < 2:  # images put straight into train/ get this sentence too
-        fail(
+        raise InputError(
             f"--data-dir {data_dir}/train/ has {len(classes)} class folder(s); a classifier needs "
             "at least two: train/<class>/<images>"
         )
     for name, split in found.items():
         if split.classes != classes:
-            fail(
+            raise InputError(
                 f"--data-dir splits disagree on the classes: train has {classes}, {name} has "
                 f"{split.classes}; give every split the same class folders"
             )
@@ -225,7 +224,7 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
         )
         empty = [folder for folder, count in counts.items() if count == 0]
         if empty:
-            fail(
+            raise InputError(
                 f"--data-dir class folder {data_dir / name / empty[0]} holds no "
                 f"images ({', '.join(IMG_EXTENSIONS)}); add images to it, or delete that class "
                 "from every split"
@@ -245,25 +244,27 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
 def check_images(dataset: ImageFolder) -> None:
     """Check every image with check_image: name a bad file before training.
 
-    Errors: exits with one sentence naming the first unreadable, truncated or oversized file, or
-    one whose mode or pixel values this loader cannot turn into 8-bit RGB.
+    Errors: InputError naming the first unreadable, truncated or oversized file, or one whose
+    mode or pixel values this loader cannot turn into 8-bit RGB.
     """
-    warnings.simplefilter("error", Image.DecompressionBombWarning)  # here and in loader workers
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # metadata
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         for path, _ in dataset.samples:
             try:
                 check_image(path)
             except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-                fail(
+                raise InputError(
                     f"the image {path} is over Pillow's decompression-bomb limit ({error}); "
                     "downscale it"
-                )
+                ) from None
             except UnusableImage as error:
-                fail(f"the image {path} {error}")
+                raise InputError(f"the image {path} {error}") from None
             except (OSError, ValueError, SyntaxError) as error:
                 reason = str(error).split(" <_io.")[0]  # Pillow names the file object, not the path
-                fail(f"cannot read the image {path} ({reason}); delete it or copy it again")
+                raise InputError(
+                    f"cannot read the image {path} ({reason}); delete it or copy it again"
+                ) from None
 
 
 def check_image(path: str) -> None:

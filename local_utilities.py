@@ -1,7 +1,6 @@
 """Data loading (CIFAR-10, your image folders, generated images) and accuracy for the scripts."""
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -15,13 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
 
+from errors import InputError
+from flags import IMAGENET_WEIGHTS, TINY_VIT
 from image_files import image_folders
-from processes import fail, print_once, rank, world_size
+from processes import print_once, rank, world_size
 
 SPLIT_SEED = 0  # the validation split drawn from train/ is the same for every --seed
 NOISE = 2.0  # generated images: class prototype + NOISE * N(0, 1), learnt in one epoch
-CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup: its CPU quota and period, in µs
-CPU_QUOTA_FILES = [("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]  # v2, v1
 
 
 @dataclass
@@ -49,7 +48,7 @@ def image_folder_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Da
 
     With both val/ and test/, each is used as named. Otherwise validation is drawn from train/
     (validation_from_train), and val/ (if there is no test/) is the held-out test set.
-    Errors: exits with one sentence for what image_folders or validation_from_train refuses.
+    Errors: InputError for what image_folders or validation_from_train refuses.
     """
     found = image_folders(data_dir, transform)
     info = DataInfo(len(found["train"].classes), str(data_dir), "val/", "test/")
@@ -70,7 +69,7 @@ def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
     rounded up, but never its last one; prints the per-class counts of both.
 
     SPLIT_SEED draws them, so that every --seed validates on the same images.
-    Errors: exits with one sentence when no class has two images to split.
+    Errors: InputError when no class has two images to split.
     """
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     targets = torch.tensor(train.targets)
@@ -82,7 +81,7 @@ def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
         validation += members[:count]
         training += members[count:]
     if not validation:
-        fail(
+        raise InputError(
             f"--data-dir {train.root} has one image per class, none to spare for validation; "
             "add images, or give both val/ and test/"
         )
@@ -101,32 +100,37 @@ def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
 def cifar10_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Dataset]:
     """CIFAR-10 as 45,000 train, 5,000 validation (the last training images) and 10,000 test images.
 
-    Errors: exits with one sentence when the download fails or Ctrl-C stops it.
+    Errors: InputError when the download fails; KeyboardInterrupt("interrupted while
+    downloading ...") on Ctrl-C during it.
     """
     try:
         train_full = CIFAR10(data_dir, train=True, transform=transform, download=True)
         test = CIFAR10(data_dir, train=False, transform=transform, download=True)
     except KeyboardInterrupt:  # a cut download fails its checksum next time and is fetched again
-        fail(f"interrupted while downloading CIFAR-10 to {data_dir}", status=130)
+        raise KeyboardInterrupt(f"interrupted while downloading CIFAR-10 to {data_dir}") from None
     except (URLError, OSError, RuntimeError) as error:  # RuntimeError: a failed checksum
-        fail(
+        raise InputError(
             f"could not download CIFAR-10 to {data_dir} ({getattr(error, 'reason', error)}); "
             "connect to the internet, or train offline with --quick or on your own images with "
             "--data-dir PATH"
-        )
+        ) from None
     return Subset(train_full, range(45_000)), Subset(train_full, range(45_000, 50_000)), test
 
 
-def load_splits(args) -> tuple[Dataset, Dataset, Dataset, DataInfo]:
-    """(train, val, test, info) for the data the flags name."""
-    if args.synthetic:  # a pool of 64 full-size images, repeated: no memory or loading time
+def load_splits(
+    data: str | Path, model: str, batch_size: int, max_steps: int | None
+) -> tuple[Dataset, Dataset, Dataset, DataInfo]:
+    """(train, val, test, info) for `data`: "synthetic", "generated", "cifar10" or an image
+    folder (a Path), the images prepared for `model` (TINY_VIT: 32x32; else its ImageNet
+    weights' own preprocessing); "synthetic" is sized by the batch size and max_steps."""
+    if data == "synthetic":  # a pool of 64 full-size images, repeated: no memory or loading time
         pool = generated_dataset(64, image_size=224)
-        train_images = args.max_steps * args.batch_size * world_size()
-        val_images = 2 * args.batch_size
+        train_images = max_steps * batch_size * world_size()
+        val_images = 2 * batch_size
         train = Subset(pool, [i % 64 for i in range(train_images)])
         val = Subset(pool, [i % 64 for i in range(val_images)])
         return train, val, val, DataInfo(10, "synthetic")
-    if args.quick and not args.data_dir:  # CIFAR-10's split sizes / 20
+    if data == "generated":  # CIFAR-10's split sizes / 20
         full = generated_dataset(3000)
         train, val, test = (
             Subset(full, range(2250)),
@@ -134,16 +138,16 @@ def load_splits(args) -> tuple[Dataset, Dataset, Dataset, DataInfo]:
             Subset(full, range(2500, 3000)),
         )
         return train, val, test, DataInfo(10, "generated")
-    if args.quick:  # resized to the small model's input
+    if model == TINY_VIT:  # resized to the small model's input
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         transform = transforms.Compose(
             [transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize(mean, std)]
         )
     else:  # the pretrained weights' own preprocessing
-        transform = torchvision.models.get_model_weights(args.model)[args.weights].transforms()
-    if args.data_dir:
-        return image_folder_splits(args.data_dir, transform)
-    return *cifar10_splits(Path("data"), transform), DataInfo(10, "cifar10")
+        transform = torchvision.models.get_model_weights(model)[IMAGENET_WEIGHTS].transforms()
+    if data == "cifar10":
+        return *cifar10_splits(Path("data"), transform), DataInfo(10, "cifar10")
+    return image_folder_splits(data, transform)
 
 
 def limit_steps(train: Dataset, max_steps: int | None, batch_images: int, seed: int) -> Dataset:
@@ -161,64 +165,40 @@ def limit_steps(train: Dataset, max_steps: int | None, batch_images: int, seed: 
     return Subset(train, order[: max_steps * batch_images].tolist())
 
 
-def num_loader_workers(args) -> int:
-    """--num-workers, or by default: none for generated data (in memory), else one less than the
-    usable CPUs' share of each process on this machine (at least 1, at most 8), as Lightning's
-    suggested_max_num_workers does, but counting a container's CPU quota too."""
-    if args.num_workers is not None:
-        return args.num_workers
-    if args.synthetic or (args.quick and not args.data_dir):
-        return 0
-    return min(8, max(1, usable_cpus() // args.devices - 1))
+def get_dataloaders(
+    data: str | Path, model: str, batch_size: int, seed: int, max_steps: int | None, workers: int
+) -> tuple[DataLoader, DataLoader, DataLoader, DataInfo]:
+    """(train, val, test loaders, what the data is) for `data` (load_splits), in batches of
+    `batch_size` per process, with `workers` loader processes each; max_steps (--max-steps)
+    limits the training batches.
 
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, a batch system's cpuset),
-    within its cgroup's CPU quota (containers: docker --cpus, Kubernetes limits), rounded up."""
-    cpus = os.cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):  # Linux
-        cpus = len(os.sched_getaffinity(0))
-    for files in CPU_QUOTA_FILES:
-        try:
-            words = " ".join((CGROUP / name).read_text() for name in files).split()
-        except OSError:
-            continue
-        if words[0] not in ("max", "-1"):  # no quota
-            cpus = min(cpus, math.ceil(int(words[0]) / int(words[1])))
-        break
-    return cpus
-
-
-def get_dataloaders(args) -> tuple[DataLoader, DataLoader, DataLoader, DataInfo]:
-    """(train, val, test loaders, what the data is), for the data the flags name.
-
-    The training order is a shuffle fixed by --seed and the epoch (Fabric calls set_epoch);
+    The training order is a shuffle fixed by `seed` and the epoch (Fabric calls set_epoch);
     evaluation shards across processes with no sample padded in or dropped.
-    Errors: exits with one sentence when the training split holds less than one batch.
+    Errors: InputError when the training split holds less than one batch, and what load_splits
+    raises.
     """
-    train, val, test, info = load_splits(args)
-    batch_images = args.batch_size * world_size()
-    train = limit_steps(train, args.max_steps, batch_images, args.seed)
+    train, val, test, info = load_splits(data, model, batch_size, max_steps)
+    batch_images = batch_size * world_size()
+    train = limit_steps(train, max_steps, batch_images, seed)
     if len(train) < batch_images:  # drop_last would leave not one training step
         where = ""
-        if args.data_dir:
-            where = f" of {args.data_dir}/train/ (validation: {info.val_split})"
+        if isinstance(data, Path):  # an image folder
+            where = f" of {data}/train/ (validation: {info.val_split})"
         advice = "add images"
         if len(train) >= world_size():
             advice += f", or use --batch-size {len(train) // world_size()} or less"
-        fail(
+        raise InputError(
             f"the training split{where} has {len(train)} images, fewer than one batch of "
-            f"{args.batch_size} x {world_size()} device(s); {advice}"
+            f"{batch_size} x {world_size()} device(s); {advice}"
         )
-    workers = num_loader_workers(args)
     settings = dict(
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
     )
     sampler = DistributedSampler(
-        train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=args.seed
+        train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed
     )
     train_loader = DataLoader(train, sampler=sampler, drop_last=True, **settings)
     val_loader = DataLoader(val, sampler=evaluation_sampler(val), **settings)

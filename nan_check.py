@@ -20,14 +20,14 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     return bool(finite.item())
 
 
-def divergence_message(diverged_at: str, dtypes: dict) -> str:
+def divergence_message(diverged_at: str, weight_dtype: torch.dtype | None) -> str:
     """'error: training diverged: <where>; <what to do>', the advice following the weight dtype."""
-    return f"error: training diverged: {diverged_at}; {divergence_advice(dtypes)}"
+    return f"error: training diverged: {diverged_at}; {divergence_advice(weight_dtype)}"
 
 
-def divergence_advice(dtypes: dict) -> str:
+def divergence_advice(weight_dtype: torch.dtype | None) -> str:
     """What to do after a divergence: a lower learning rate, unless the weights are float16."""
-    if dtypes.get("weight") == torch.float16:
+    if weight_dtype == torch.float16:
         return (
             "use bf16-true (04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with "
             "float16 weights an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)"

@@ -12,13 +12,10 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model_weights import register_tiny_vit  # noqa: E402
-
-register_tiny_vit()  # so that --model vit_tiny_32 works too
+from model_weights import get_model  # noqa: E402  (builds vit_tiny_32 too)
 
 MATMULS = (
     "aten::mm",
@@ -43,7 +40,7 @@ args = parser.parse_args()
 torch.set_float32_matmul_precision(args.matmul_precision)
 fabric = L.Fabric(devices=1, precision=args.precision)
 with fabric.init_module():
-    model = torchvision.models.get_model(args.model, num_classes=10)
+    model = get_model(args.model, num_classes=10)
 optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
 model, optimizer = fabric.setup(model, optimizer)
 size = model.image_size  # 224 for the ImageNet ViTs

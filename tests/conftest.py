@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -29,7 +30,9 @@ QUICK_FLAGS = ["--quick", "--epochs", "1", "--track-updates"]
 # what the README's "Copy this into your project" lists: a script and every module it imports
 COPY_THIS = [
     "04_fabric_bf16true.py",
+    "errors.py",
     "flags.py",
+    "hardware.py",
     "image_files.py",
     "local_utilities.py",
     "measurement.py",
@@ -37,8 +40,108 @@ COPY_THIS = [
     "nan_check.py",
     "processes.py",
     "run_record.py",
+    "step_timer.py",
 ]
 sys.path.insert(0, str(ROOT))
+
+from errors import InputError  # noqa: E402
+from flags import parse_args  # noqa: E402
+from local_utilities import get_dataloaders  # noqa: E402
+from measurement import Measurement  # noqa: E402
+from model_weights import model_weights  # noqa: E402
+
+# The record a script appends to --results: every field and the types its value may have. The
+# runner reads these (benchmark.RECORD_KEYS); the tests of records check against this.
+RECORD_SCHEMA = {
+    "script": str,
+    "precision": str,
+    "precision_requested": str,
+    "device": str,
+    "device_name": str,
+    "world_size": int,
+    "model": str,
+    "data": str,
+    "val_split": str,
+    "test_split": str,
+    "epochs": int,
+    "batch_size": int,
+    "warmup_steps": int,
+    "learning_rate": float,
+    "seed": int,
+    "matmul_precision": str,
+    "steps": int,
+    "train_images": int,
+    "train_time_s": float,
+    "first_step_s": (float, type(None)),
+    "images_per_s": (float, type(None)),
+    "seconds_per_step": (float, type(None)),
+    "data_wait_share": (float, type(None)),
+    "mfu": (float, type(None)),
+    "flops_per_image": int,
+    "peak_memory_gb": float,
+    "memory_measure": str,
+    "weight_dtype": str,
+    "matmul_output_dtype": str,
+    "train_acc": (float, type(None)),
+    "val_acc": (float, type(None)),
+    "test_acc": (float, type(None)),
+    "diverged": bool,
+    "diverged_at": (str, type(None)),
+    "changed_share": (dict, type(None)),
+    "versions": dict,
+}
+
+
+def schema_problems(record):
+    """What is wrong with a record against RECORD_SCHEMA: fields missing or unknown, and values of
+    the wrong type; an empty list for a well-formed record."""
+    problems = [f"missing {key}" for key in RECORD_SCHEMA if key not in record]
+    problems += [f"unknown {key}" for key in record if key not in RECORD_SCHEMA]
+    for key, types in RECORD_SCHEMA.items():
+        if key in record and not isinstance(record[key], types):
+            problems.append(f"{key} is {record[key]!r}")
+    return problems
+
+
+def measured(precision, device, batch_size=32):
+    """A Measurement of --quick's small model on generated data: 3 epochs of 5 steps."""
+    return Measurement(
+        precision,
+        device,
+        5,
+        model="vit_tiny_32",
+        epochs=3,
+        batch_size=batch_size,
+        warmup_steps=5,
+        learning_rate=1e-3,
+        seed=123,
+        num_classes=10,
+        source="generated",
+        val_split="validation split",
+        test_split="test split",
+    )
+
+
+def dataloaders(argv):
+    """get_dataloaders for these flags, called as the scripts call it."""
+    args = parse_args(argv)
+    return get_dataloaders(
+        args.data, args.model, args.batch_size, args.seed, args.max_steps, args.num_workers
+    )
+
+
+def refusal(argv):
+    """The sentence ("error: ...") with which setting up the data for these flags stops, as a
+    script prints it (InputError)."""
+    with pytest.raises(InputError) as refused:
+        dataloaders(argv)
+    return f"error: {refused.value}"
+
+
+def weights_for(argv):
+    """model_weights for these flags, called as the scripts call it."""
+    args = parse_args(argv)
+    return model_weights(args.model, args.weights, args.data_dir)
 
 
 def run_script(script, *flags, cwd, threads=None, environment=None):
@@ -63,19 +166,32 @@ def run_script(script, *flags, cwd, threads=None, environment=None):
 
 def refusal_in_process(script, *flags):
     """Run a script in this process, as `python SCRIPT FLAGS` does, until it stops before training:
-    (exit status, stderr). For refusals only: a process start (importing Lightning) costs about
-    5 s, this costs nothing."""
-    argv, stderr = sys.argv, io.StringIO()
+    (exit status, stderr); its SIGTERM handler is put back afterwards. For refusals only: a process
+    start (importing Lightning) costs about 5 s, this costs nothing."""
+    argv, stderr, on_sigterm = sys.argv, io.StringIO(), signal.getsignal(signal.SIGTERM)
     sys.argv = [str(ROOT / script), *flags]
     try:
         with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as stop:
             runpy.run_path(str(ROOT / script), run_name="__main__")
     finally:
         sys.argv = argv
+        signal.signal(signal.SIGTERM, on_sigterm)
     code = stop.value.code  # sys.exit("message") prints the message and exits with status 1
     return (
         (1, stderr.getvalue() + code + "\n") if isinstance(code, str) else (code, stderr.getvalue())
     )
+
+
+def run_in_process(script):
+    """Run a script in this process as `python SCRIPT` with sys.argv as it is: its exit status.
+    Its SIGTERM handler is put back afterwards."""
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return stop.value.code
 
 
 BACKGROUND = {}  # name: the Future of a run that pytest_collection_finish started

@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import measured
 
-from measurement import watch_dtypes
+from measurement import changed_shares
 from model_weights import vit_tiny_32
 from nan_check import all_finite, first_nonfinite
-from run_record import changed_shares, copy_weights
 
 SCRIPT_04C, SCRIPT_04 = "04c_fabric_bf16true_compile.py", "04_fabric_bf16true.py"
 ONLY_EVALUATION_RECOMPILES = re.compile(  # inference_mode, then the last, smaller batch
@@ -125,12 +125,13 @@ def test_dtype_report_of_a_compiled_model_is_eagers_without_graph_break_or_recom
     printed = []
     for compiled in (False, True):
         fabric, model, optimizer = fabric_model(precision, compiled, fullgraph=True)
-        dtypes = watch_dtypes(model, precision, fabric.device)
+        measurement = measured(precision, fabric.device)
+        measurement.watch(model, track_updates=False)
         with torch._dynamo.config.patch(error_on_recompile=True):
             train_steps(fabric, model, optimizer, steps=3)
         out = capsys.readouterr().out
         printed.append([line for line in out.splitlines() if line.startswith("Precision")])
-        assert dtypes["in_effect"] == precision
+        assert measurement.precision_in_effect == precision
     assert printed[0] == printed[1] and len(printed[1]) == 1
     assert printed[1][0].startswith(f"Precision in effect: {precision} | weights ")
 
@@ -204,8 +205,8 @@ def ddp_reports(compiled):
     if compiled:
         model = torch.compile(model, backend="eager")
     model, optimizer = fabric.setup(model, optimizer)
-    dtypes = watch_dtypes(model, "bf16-true", fabric.device)
-    initial_weights = copy_weights(model, track_updates=True)
+    measurement = measured("bf16-true", fabric.device)
+    measurement.watch(model, track_updates=True)
     features = torch.randn(
         4, 3, 32, 32, generator=torch.Generator().manual_seed(fabric.global_rank)
     )
@@ -217,8 +218,8 @@ def ddp_reports(compiled):
         optimizer.step()
     checksum = sum(parameter.float().sum().item() for parameter in model.parameters())
     assert fabric.all_gather(torch.tensor(checksum)).unique().numel() == 1  # gradients averaged
-    names = list(changed_shares(model, initial_weights))
+    names = list(changed_shares(model, measurement.initial_weights))
     overflow(model.module.get_submodule(BLOWN_UP))
     with torch._dynamo.config.patch(error_on_recompile=True):
         diagnosis = first_nonfinite(model, features, step=3)
-    return dtypes["in_effect"], names, diagnosis, round(checksum, 2)
+    return measurement.precision_in_effect, names, diagnosis, round(checksum, 2)

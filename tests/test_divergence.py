@@ -1,13 +1,13 @@
 """Why 16-true diverges: the report names where NaN/inf first appeared; the one-line fix trains."""
 
 import re
-import runpy
 import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_in_process
 
+import measurement
 import nan_check
 from nan_check import divergence_advice, first_nonfinite
 
@@ -69,17 +69,28 @@ def test_report_blames_the_loss_when_the_forward_pass_is_finite():
     )
 
 
+REPORT = measurement.Measurement.report  # as it is, before a test wraps it
+
+
 def always_finite(*tensors):
     return True
 
 
 def final_weights(monkeypatch, script, check):
-    """Train a script briefly in this process, with or without the NaN check; its final weights."""
+    """Train a script briefly in this process, with or without the NaN check; its final weights,
+    as the report gets them."""
     if not check:
         monkeypatch.setattr(nan_check, "all_finite", always_finite)
     monkeypatch.setattr(sys, "argv", [script, "--quick", "--max-steps", "5"])
-    model = runpy.run_path(str(ROOT / script), run_name="__main__")["model"]
-    return [parameter.detach().clone() for parameter in model.parameters()]
+    reported = []
+
+    def keep_the_weights(self, *values, **named):
+        reported.extend(parameter.detach().clone() for parameter in self.model.parameters())
+        return REPORT(self, *values, **named)
+
+    monkeypatch.setattr(measurement.Measurement, "report", keep_the_weights)
+    assert run_in_process(script) == 0
+    return reported
 
 
 @pytest.mark.parametrize("script", ["01_fabric_baseline.py", "04_fabric_bf16true.py"])
@@ -90,7 +101,7 @@ def test_nonfinite_check_changes_no_result_of_a_finite_run(monkeypatch, script):
 
 
 def test_divergence_advice_follows_the_weights_dtype():
-    assert "03b_fabric_16true_adam_eps.py" in divergence_advice({"weight": torch.float16})
+    assert "03b_fabric_16true_adam_eps.py" in divergence_advice(torch.float16)
     for dtype in (torch.float32, torch.bfloat16):
-        advice = divergence_advice({"weight": dtype})
+        advice = divergence_advice(dtype)
         assert advice.startswith("lower --learning-rate") and "bf16-true" not in advice

@@ -1,16 +1,14 @@
-"""local_utilities.py: the splits of generated data, CIFAR-10 and image folders; accuracy."""
+"""local_utilities.py: the splits of generated data, CIFAR-10 and image folders, a training split
+too small for a batch; accuracy. (--num-workers' default: test_flags.py.)"""
 
-import os
-import warnings
 from urllib.error import URLError
 
 import pytest
 import torch
-from conftest import FixedLogits, write_image_tree
+from conftest import FixedLogits, dataloaders, refusal, write_image_tree
 
 import local_utilities
-from flags import parse_args
-from local_utilities import compute_accuracy, get_dataloaders
+from local_utilities import compute_accuracy
 
 
 def indices(subset):
@@ -18,7 +16,7 @@ def indices(subset):
 
 
 def test_quick_splits_have_the_reference_proportions_and_are_disjoint():
-    train_loader, val_loader, test_loader, data = get_dataloaders(parse_args(["--quick"]))
+    train_loader, val_loader, test_loader, data = dataloaders(["--quick"])
     train, val = train_loader.dataset, val_loader.dataset
     assert (len(train), len(val), len(test_loader.dataset), data.num_classes) == (
         2250,
@@ -32,7 +30,7 @@ def test_quick_splits_have_the_reference_proportions_and_are_disjoint():
 
 
 def test_training_order_is_a_shuffle_fixed_by_seed_and_epoch():
-    sampler = get_dataloaders(parse_args(["--quick"]))[0].sampler
+    sampler = dataloaders(["--quick"])[0].sampler
     orders = []
     for epoch in (0, 1, 0):
         sampler.set_epoch(epoch)
@@ -55,8 +53,8 @@ def test_cifar10_splits_are_45k_train_5k_val_from_the_end_10k_test(monkeypatch):
 
 
 def test_image_folder_tree_loads_with_its_classes_and_splits_val_from_train(image_tree):
-    args = parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4"])
-    train_loader, val_loader, test_loader, data = get_dataloaders(args)
+    flags = ["--quick", "--data-dir", str(image_tree), "--batch-size", "4"]
+    train_loader, val_loader, test_loader, data = dataloaders(flags)
     assert data.num_classes == 3 and test_loader.dataset.classes == ["cat", "dog", "frog"]
     assert (len(train_loader.dataset), len(val_loader.dataset)) == (30, 6)  # 2 of each 12
     assert not indices(train_loader.dataset) & indices(val_loader.dataset)
@@ -79,9 +77,7 @@ def test_validation_drawn_from_train_leaves_every_class_a_training_image_and_say
 ):
     classes = [f"c{index:02d}" for index in range(25)]  # 25 classes of 2 images each
     tree = write_image_tree(tmp_path / "images", classes=classes, per_class=2)
-    train, val, _, data = get_dataloaders(
-        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "5"])
-    )
+    train, val, _, data = dataloaders(["--quick", "--data-dir", str(tree), "--batch-size", "5"])
     every_class_once = dict.fromkeys(classes, 1)
     assert used_classes(train.dataset) == used_classes(val.dataset) == every_class_once
     assert data.val_split == "a seeded 10% of each class of train/ (25 of 50 images)"
@@ -94,9 +90,7 @@ def test_a_class_with_one_training_image_keeps_it_and_the_run_says_so(tmp_path, 
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog", "frog"), per_class=25)
     for image in sorted((tree / "train" / "frog").iterdir())[1:]:
         image.unlink()
-    train, val, _, _ = get_dataloaders(
-        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "4"])
-    )
+    train, val, _, _ = dataloaders(["--quick", "--data-dir", str(tree), "--batch-size", "4"])
     assert used_classes(train.dataset) == {"cat": 22, "dog": 22, "frog": 1}  # 25 - ceil(2.5)
     assert used_classes(val.dataset) == {"cat": 3, "dog": 3, "frog": 0}
     assert (
@@ -105,21 +99,19 @@ def test_a_class_with_one_training_image_keeps_it_and_the_run_says_so(tmp_path, 
     )
 
 
-def test_train_with_one_image_per_class_and_no_val_folder_is_refused(tmp_path, capsys):
+def test_train_with_one_image_per_class_and_no_val_folder_is_refused(tmp_path):
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=1)
-    with pytest.raises(SystemExit, match="2"):
-        get_dataloaders(parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "1"]))
-    assert capsys.readouterr().err == (
+    assert refusal(["--quick", "--data-dir", str(tree), "--batch-size", "1"]) == (
         f"error: --data-dir {tree / 'train'} has one image per class, none to spare for "
-        "validation; add images, or give both val/ and test/\n"
+        "validation; add images, or give both val/ and test/"
     )
 
 
 def test_every_seed_validates_on_the_same_images(image_tree):
     validation = [
-        get_dataloaders(
-            parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4", *seed])
-        )[1].dataset.indices
+        dataloaders(["--quick", "--data-dir", str(image_tree), "--batch-size", "4", *seed])[
+            1
+        ].dataset.indices
         for seed in ([], ["--seed", "7"])
     ]
     assert validation[0] == validation[1]
@@ -127,9 +119,7 @@ def test_every_seed_validates_on_the_same_images(image_tree):
 
 def test_image_folder_val_folder_is_used_when_present(tmp_path):
     tree = write_image_tree(tmp_path / "images", splits=("train", "val", "test"), per_class=2)
-    _, val_loader, _, _ = get_dataloaders(
-        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
-    )
+    _, val_loader, _, _ = dataloaders(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
     assert len(val_loader.dataset) == 6 and str(val_loader.dataset.root) == str(tree / "val")
 
 
@@ -142,99 +132,115 @@ def test_accuracy_matches_a_hand_computed_case():
     assert compute_accuracy(FixedLogits(), loader) == pytest.approx(0.8)
 
 
-def test_missing_train_folder_is_named(tmp_path, capsys):
+def test_missing_train_folder_is_named(tmp_path):
     (tmp_path / "test").mkdir()
-    with pytest.raises(SystemExit, match="2"):
-        get_dataloaders(parse_args(["--quick", "--data-dir", str(tmp_path)]))
-    assert f"--data-dir {tmp_path} needs train/<class>/<images>" in capsys.readouterr().err
-
-
-def test_splits_with_different_classes_are_refused(tmp_path, capsys):
-    write_image_tree(tmp_path, splits=("train",), classes=("cat", "dog"), per_class=1)
-    write_image_tree(tmp_path, splits=("test",), classes=("cat", "frog"), per_class=1)
-    with pytest.raises(SystemExit, match="2"):
-        get_dataloaders(parse_args(["--quick", "--data-dir", str(tmp_path)]))
-    assert (
-        "--data-dir splits disagree on the classes: train has ['cat', 'dog'], test has "
-        "['cat', 'frog']" in capsys.readouterr().err
+    assert f"--data-dir {tmp_path} needs train/<class>/<images>" in refusal(
+        ["--quick", "--data-dir", str(tmp_path)]
     )
 
 
-def test_cifar10_without_network_points_to_quick_and_data_dir(monkeypatch, capsys):
+def test_splits_with_different_classes_are_refused(tmp_path):
+    write_image_tree(tmp_path, splits=("train",), classes=("cat", "dog"), per_class=1)
+    write_image_tree(tmp_path, splits=("test",), classes=("cat", "frog"), per_class=1)
+    assert (
+        "--data-dir splits disagree on the classes: train has ['cat', 'dog'], test has "
+        "['cat', 'frog']" in refusal(["--quick", "--data-dir", str(tmp_path)])
+    )
+
+
+def test_cifar10_without_network_points_to_quick_and_data_dir(monkeypatch):
     def no_network(*args, **kwargs):
         raise URLError("no route to host")
 
     monkeypatch.setattr(local_utilities, "CIFAR10", no_network)
-    with pytest.raises(SystemExit, match="2"):
-        get_dataloaders(parse_args([]))
-    error = capsys.readouterr().err
+    error = refusal([])
     assert "could not download CIFAR-10" in error and "--quick" in error and "--data-dir" in error
 
 
 def test_synthetic_data_is_full_size_and_sized_by_max_steps():
-    train_loader, val_loader, _, data = get_dataloaders(
-        parse_args(["--synthetic", "--max-steps", "3", "--batch-size", "2"])
+    train_loader, val_loader, _, data = dataloaders(
+        ["--synthetic", "--max-steps", "3", "--batch-size", "2"]
     )
     features, targets = next(iter(train_loader))
     assert len(train_loader) == 3 and features.shape == (2, 3, 224, 224) and data.num_classes == 10
 
 
-def test_a_one_cpu_affinity_mask_gets_one_loader_worker_and_no_pytorch_warning(
-    image_tree, monkeypatch, tmp_path
-):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # `taskset -c 0 python ...`
-    monkeypatch.setattr(local_utilities, "CGROUP", tmp_path / "no cgroup")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # `python -W error`: PyTorch's warning would be a traceback
-        loaders = get_dataloaders(
-            parse_args(["--quick", "--data-dir", str(image_tree), "--batch-size", "4"])
-        )
-        next(iter(loaders[0]))  # starting the worker checks the count again
-    assert [loader.num_workers for loader in loaders[:3]] == [1, 1, 1]
-
-
-@pytest.mark.parametrize(
-    "files, devices, workers",
-    [
-        ({}, 1, 8),  # no cgroup: 16 CPUs, at most 8 workers
-        ({"cpu.max": "max 100000\n"}, 2, 7),  # v2 without a quota: 16 CPUs / 2 processes - 1
-        ({"cpu.max": "150000 100000\n"}, 1, 1),  # `docker --cpus 1.5`: 2 CPUs, 1 for training
-        ({"cpu.max": "400000 100000\n"}, 2, 1),  # 4 CPUs shared by 2 processes
-        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1, 3),  # v1
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4, 3),
-    ],
-)
-def test_default_loader_workers_follow_the_cpus_a_container_allows(
-    tmp_path, monkeypatch, files, devices, workers
-):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    for name, text in files.items():
-        (tmp_path / "cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "cgroup" / name).write_text(text)
-    monkeypatch.setattr(local_utilities, "CGROUP", tmp_path / "cgroup")
-    args = parse_args(["--data-dir", str(tmp_path), "--devices", str(devices)])
-    assert local_utilities.num_loader_workers(args) == workers
-
-
-def test_ctrl_c_during_the_cifar10_download_is_one_line_and_status_130(monkeypatch, capsys):
+def test_ctrl_c_during_the_cifar10_download_says_what_it_interrupted(monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(local_utilities, "CIFAR10", interrupted)
-    with pytest.raises(SystemExit, match="130"):
-        get_dataloaders(parse_args([]))
-    assert capsys.readouterr().err == "error: interrupted while downloading CIFAR-10 to data\n"
+    with pytest.raises(KeyboardInterrupt, match="^interrupted while downloading CIFAR-10 to data$"):
+        dataloaders([])
 
 
 def test_max_steps_beyond_one_epoch_says_how_many_steps_will_run(image_tree, capsys):
     flags = ["--quick", "--data-dir", str(image_tree), "--batch-size", "4", "--max-steps", "40"]
-    train_loader = get_dataloaders(parse_args(flags))[0]
+    train_loader = dataloaders(flags)[0]
     assert len(train_loader) == 7  # 30 training images (2 of each class's 12 validate)
     out = capsys.readouterr().out
     assert "Training 7 of the 40 steps asked for: one epoch of this data has 7 batches" in out
 
 
 def test_max_steps_within_an_epoch_draws_that_many_batches_at_random():
-    train_loader = get_dataloaders(parse_args(["--quick", "--max-steps", "3"]))[0]
+    train_loader = dataloaders(["--quick", "--max-steps", "3"])[0]
     assert len(train_loader) == 3 and len(train_loader.dataset) == 3 * 32
     assert sorted(train_loader.dataset.indices) != list(range(3 * 32))  # not the first 96
+
+
+def test_train_and_val_without_test_trains_and_says_which_folder_is_which(odd_folder_run):
+    returncode, stdout, stderr, records = odd_folder_run["run"]
+    assert returncode == 0, stderr
+    split = "a seeded 10% of each class of train/ (4 of 32 images)"
+    assert f"Validation: {split} | test: val/" in stdout
+    assert "Used for training: 28 images {'bottom': 14, 'top': 14}" in stdout
+    assert "Used for validation: 4 images {'bottom': 2, 'top': 2}" in stdout
+    assert (records[-1]["val_split"], records[-1]["test_split"]) == (split, "val/")
+
+
+@pytest.mark.parametrize(
+    "cats, dogs, validation, largest", [(3, 2, 2, 3), (2, 1, 1, 2)]
+)  # from each class, 10% of train/ rounded up is validation, never a class's last image
+def test_a_training_split_smaller_than_a_batch_names_the_largest_batch_size_that_works(
+    tmp_path, capsys, cats, dogs, validation, largest
+):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=cats)
+    for image in sorted((tree / "train" / "dog").iterdir())[dogs:]:
+        image.unlink()
+    flags = ["--quick", "--data-dir", str(tree)]
+    assert refusal(flags) == (
+        f"error: the training split of {tree}/train/ (validation: a seeded 10% of each class of "
+        f"train/ ({validation} of {cats + dogs} images)) has {largest} images, fewer than one "
+        f"batch of 32 x 1 device(s); add images, or use --batch-size {largest} or less"
+    )
+    assert len(dataloaders([*flags, "--batch-size", str(largest)])[0]) == 1  # and that size works
+
+
+def test_a_batch_larger_than_the_generated_training_split_is_refused_with_its_size(capsys):
+    assert refusal(["--quick", "--batch-size", "4096"]) == (
+        "error: the training split has 2250 images, fewer than one batch of 4096 x 1 device(s); "
+        "add images, or use --batch-size 2250 or less"
+    )
+
+
+def test_a_training_split_with_fewer_images_than_devices_does_not_suggest_batch_size_0(
+    tmp_path, capsys, monkeypatch
+):
+    tree = write_image_tree(
+        tmp_path / "images", classes=("cat", "dog"), per_class=2
+    )  # 2 training images, 2 validation
+    monkeypatch.setattr(local_utilities, "world_size", lambda: 3)
+    line = refusal(["--quick", "--data-dir", str(tree)])
+    assert line.endswith("has 2 images, fewer than one batch of 32 x 3 device(s); add images")
+
+
+def test_a_single_image_in_train_is_refused_for_its_empty_class_not_with_batch_size_0(
+    tmp_path, capsys
+):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=1)
+    (tree / "train" / "dog" / "0.png").unlink()
+    line = refusal(["--quick", "--data-dir", str(tree)])
+    assert line.startswith(
+        f"error: --data-dir class folder {tree / 'train' / 'dog'} holds no images"
+    )
+    assert "--batch-size" not in line

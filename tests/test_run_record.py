@@ -1,15 +1,15 @@
-"""run_record.py: the report's steady state and MFU, and the JSON-lines record it appends."""
+"""run_record.py: records appended one JSON line each, whole beside other runs, through links and
+into folders it creates. (What a record holds: conftest.RECORD_SCHEMA, checked on every script's
+record in test_scripts.py.)"""
 
-import pytest
-import torch
-import torchvision
+import json
+import multiprocessing
+import stat
 
-import run_record
-from flags import parse_args
-from local_utilities import DataInfo
-from measurement import StepTimer
-from model_weights import register_tiny_vit
-from run_record import append_record, report
+from conftest import RECORD_SCHEMA, parse_args
+
+import benchmark
+from run_record import append_record
 
 
 def test_results_are_appended_one_json_line_per_run(tmp_path):
@@ -19,32 +19,47 @@ def test_results_are_appended_one_json_line_per_run(tmp_path):
     assert path.read_text() == '{"script": "a"}\n{"script": "b"}\n'
 
 
-def test_report_measures_the_steady_state_with_lightnings_throughput_and_the_chips_peak(
-    monkeypatch, capsys
+def test_a_results_link_to_a_read_only_file_stays_a_link_and_the_file_keeps_its_mode(
+    odd_folder_run,
 ):
-    monkeypatch.setattr(run_record, "peak_flops", lambda device, dtype, matmul_precision: 1e10)
-    args = parse_args(["--quick", "--batch-size", "4"])
-    timer = StepTimer(args, steps_per_epoch=5, device=torch.device("cpu"))  # 3 epochs
-    for step_time in [1.0] * 5 + [0.5] * 10:
-        timer.add(step_time, data_wait=0.05)
-    register_tiny_vit()
-    model = torchvision.models.get_model(args.model, num_classes=10)
-    record = report(
-        args=args,
-        data=DataInfo(10, "generated"),
-        timer=timer,
-        train_time=9.0,
-        memory_baseline=None,
-        dtypes={"requested": "32-true", "device": torch.device("cpu"), "matmul": torch.float32},
-        accuracies=dict(train_acc=1, val_acc=1, test_acc=1),
-        diverged_at=None,
-        model=model,
-    )
-    assert record["images_per_s"] == pytest.approx(8.0)
-    assert record["seconds_per_step"] == pytest.approx(0.5) and record["first_step_s"] == 1.0
-    assert record["data_wait_share"] == pytest.approx(0.1) and record["flops_per_image"] > 1e6
-    assert record["mfu"] == pytest.approx(8.0 * record["flops_per_image"] / 1e10)
-    assert (
-        "Steady state: 8.00 img/s over 10 steps, 10.0% of their time waiting for data | MFU: "
-        in capsys.readouterr().out
-    )
+    link, target = odd_folder_run["link"], odd_folder_run["target"]
+    assert odd_folder_run["run"][0] == 0 and link.is_symlink() and link.resolve() == target
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444  # appended to, not replaced
+    assert target.stat().st_ino == odd_folder_run["inode"]
+    records = odd_folder_run["run"][3]
+    assert [record["script"] for record in records] == ["an earlier run", "04_fabric_bf16true.py"]
+
+
+def test_a_results_folder_that_does_not_exist_is_created_and_said(tmp_path, capsys):
+    results = tmp_path / "new" / "deeper" / "results.jsonl"
+    parse_args(["--quick", "--results", str(results)])  # accepted: the folder can be made
+    assert not results.parent.exists()  # parsing the flags writes nothing
+    append_record(results, {"script": "a"})
+    assert results.read_text() == '{"script": "a"}\n'
+    assert f"Creating the folder {results.parent} for --results" in capsys.readouterr().out
+
+
+def append_fifty(path, writer):
+    for index in range(50):
+        append_record(
+            path, {"writer": writer, "index": index, "padding": "x" * 10_000}
+        )  # more than one write buffer
+
+
+def test_concurrent_appends_keep_every_record_whole(tmp_path):
+    path = tmp_path / "results.jsonl"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=append_fifty, args=(path, writer)) for writer in range(8)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join()
+    records = [json.loads(line) for line in path.read_text().splitlines()]  # fails on a torn line
+    assert len(records) == 400 and {(record["writer"], record["index"]) for record in records} == {
+        (writer, index) for writer in range(8) for index in range(50)
+    }
+    assert list(tmp_path.iterdir()) == [path]  # no lock file left beside it
+
+
+def test_the_runner_reads_only_fields_that_every_record_has():
+    assert set(benchmark.RECORD_KEYS) | set(benchmark.SETTING_KEYS) <= set(RECORD_SCHEMA)

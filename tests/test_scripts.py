@@ -1,16 +1,22 @@
 """The numbered scripts run end to end as a user runs them (--quick): accuracy, records, output."""
 
+import os
 import re
-import runpy
+import signal
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, refusal_in_process
+from conftest import (
+    ROOT,
+    SCRIPTS,
+    dataloaders,
+    refusal_in_process,
+    run_in_process,
+    schema_problems,
+)
 
-import measurement
-from flags import parse_args
-from local_utilities import get_dataloaders
+import step_timer
 
 KAHAN_ADAM = "04b_fabric_bf16true_kahan.py"  # branches off 04
 TRAINING_SCRIPTS = [
@@ -21,23 +27,6 @@ TRAINING_SCRIPTS = [
     KAHAN_ADAM,
     "05_fabric_bf16mixed.py",
 ]
-RECORD_KEYS = {
-    "script",
-    "precision",
-    "device",
-    "model",
-    "epochs",
-    "batch_size",
-    "train_time_s",
-    "images_per_s",
-    "seconds_per_step",
-    "peak_memory_gb",
-    "train_acc",
-    "val_acc",
-    "test_acc",
-    "diverged",
-    "versions",
-}
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)
@@ -58,7 +47,7 @@ def test_16true_quick_run_is_reported_as_diverged(quick_runs):
 @pytest.mark.parametrize("script", [script.name for script in SCRIPTS])
 def test_results_record_is_well_formed(quick_runs, script):
     record = quick_runs[script][3][-1]
-    assert record.keys() >= RECORD_KEYS
+    assert schema_problems(record) == []
     assert record["script"] == script and record["model"] == "vit_tiny_32" and record["epochs"] == 1
     assert set(record["versions"]) == {"python", "torch", "torchvision", "lightning"}
     assert record["train_time_s"] > 0 and record["peak_memory_gb"] > 0
@@ -133,7 +122,7 @@ def test_pytorch_and_fabric_baselines_train_identically(quick_runs):
 
 def epoch_batches(flags, epoch):
     """The images of every training batch of one epoch, as a script's loaders give them."""
-    train_loader = get_dataloaders(parse_args(flags))[0]
+    train_loader = dataloaders(flags)[0]
     train_loader.sampler.set_epoch(epoch)  # what Fabric does at the start of each epoch
     return [features for features, _ in train_loader]
 
@@ -154,7 +143,7 @@ def first_loss(monkeypatch, capsys, seed):
     """The loss of the first step of a one-step quick run of 01 with this seed, run in-process."""
     argv = ["01_fabric_baseline.py", "--quick", "--max-steps", "1", "--seed", str(seed)]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(ROOT / "01_fabric_baseline.py"), run_name="__main__")
+    assert run_in_process("01_fabric_baseline.py") == 0
     return re.search(r"Batch 0001/0001 \| Loss: ([\d.]+)", capsys.readouterr().out)[1]
 
 
@@ -188,32 +177,47 @@ def test_ci_runs_the_readme_test_command():
     ] == "python3 " + readme_command.removeprefix("python ")
 
 
-def test_runner_knows_the_scripts_exit_codes():
+def test_runner_knows_the_scripts_exit_codes(capsys):
     import benchmark
     import nan_check
-    import processes
 
     # kept apart, so that the runner needs no torch
     assert benchmark.DIVERGED_EXIT_CODE == nan_check.DIVERGED_EXIT_CODE
-    assert benchmark.SHARED_PROBLEM_EXIT_CODE == processes.INPUT_ERROR
+    returncode, _ = refusal_in_process("04_fabric_bf16true.py", "--data-dir", "/no/such/folder")
+    assert returncode == benchmark.SHARED_PROBLEM_EXIT_CODE
 
 
-def test_ctrl_c_while_training_prints_one_line_exits_130_and_writes_no_record(
-    tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_training_prints_one_line_exits_130_and_writes_no_record(
+    tmp_path, monkeypatch, capsys, stop
 ):
-    step_done = measurement.StepTimer.step_done
+    """SIGTERM (`kill`, `docker stop`, a scheduler's time limit) is handled as Ctrl-C."""
+    step_done = step_timer.StepTimer.step_done
 
-    def interrupted_after_3_steps(timer):
+    def signalled_after_3_steps(timer):
         step_done(timer)
         if len(timer.step_times) == 3:
-            raise KeyboardInterrupt  # what Python raises on Ctrl-C (SIGINT)
+            os.kill(os.getpid(), stop)  # Python runs the handler at the next bytecode
 
-    monkeypatch.setattr(measurement.StepTimer, "step_done", interrupted_after_3_steps)
+    monkeypatch.setattr(step_timer.StepTimer, "step_done", signalled_after_3_steps)
     results = tmp_path / "results.jsonl"
     argv = ["01_fabric_baseline.py", "--quick", "--results", str(results)]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(ROOT / "01_fabric_baseline.py"), run_name="__main__")
-    assert stop.value.code == 130
+    assert run_in_process("01_fabric_baseline.py") == 130
     assert capsys.readouterr().err == "interrupted at epoch 1, step 4; no record written\n"
     assert not results.exists()
+
+
+@pytest.mark.parametrize(
+    "script, accelerator", [("00_pytorch_baseline.py", "cuda"), ("02_fabric_16mixed.py", "mps")]
+)
+def test_a_missing_accelerator_is_refused_in_one_sentence_by_every_kind_of_script(
+    tmp_path, script, accelerator
+):
+    if {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}[accelerator]:
+        pytest.skip(f"this machine has {accelerator}")
+    returncode, stderr = refusal_in_process(script, "--quick", "--accelerator", accelerator)
+    assert returncode == 2 and stderr.splitlines()[-1] == (
+        f"{script}: error: --accelerator {accelerator} was asked for, but this machine has none; "
+        "use --accelerator cpu or auto"
+    )

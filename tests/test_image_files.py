@@ -1,18 +1,25 @@
 """image_files.py: the model sees what a person sees. Each EXIF orientation is turned upright,
-each mode Pillow opens becomes the 8-bit RGB a viewer shows or is refused before training, and
-each folder and file is counted once however many links lead to it."""
+each mode Pillow opens becomes the 8-bit RGB a viewer shows or is refused before training, each
+folder and file is counted once however many links lead to it, and every file that cannot be
+read is named in one sentence, before training where a check can find it."""
 
 import colorsys
+import io
 import os
+import shutil
 import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from conftest import (
+    dataloaders,
     exif_block,
     orientation_entry,
+    refusal,
+    run_script,
     stored_pixels,
     write_band_tree,
     write_image_tree,
@@ -20,24 +27,12 @@ from conftest import (
 from PIL import Image
 
 import image_files
-from flags import parse_args
-from image_files import check_images, eight_bit_rgb, load_rgb
-from local_utilities import get_dataloaders
+from image_files import UnreadableImage, check_images, eight_bit_rgb, load_rgb
 
 RNG = np.random.default_rng(0)
 PICTURE = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # (H, W, RGB): what a viewer shows
 GRAY = np.array([[0, 1, 64, 127], [128, 200, 254, 255]], np.uint8)  # (H, W) 8-bit levels
 ALPHA = np.array([[0, 10, 100, 128], [200, 254, 255, 255]], np.uint8)
-
-
-def refusal(argv, capsys):
-    """Set up the data in-process as a script does; return the one line it printed on stderr
-    before exiting with status 2."""
-    with pytest.raises(SystemExit) as stopped:
-        get_dataloaders(parse_args(argv))
-    assert stopped.value.code == 2
-    (line,) = capsys.readouterr().err.splitlines()
-    return line
 
 
 class Samples:
@@ -70,6 +65,203 @@ def over_white(colour, alpha):
     return np.asarray(colour, np.float64) * alpha + 255 * (1 - alpha)
 
 
+# ---------------------------------------------------------------- image folders: what is data
+
+
+def damaged_pixels(png):
+    """The PNG with its compressed pixels scrambled and their checksum fixed: the header and the
+    end marker stay whole."""
+    start = png.index(b"IDAT")
+    length = struct.unpack(">I", png[start - 4 : start])[0]
+    data = bytearray(png[start + 4 : start + 4 + length])
+    for index in range(10, length - 10, 7):
+        data[index] ^= 0x5A
+    checksum = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(data)))
+    return png[: start + 4] + bytes(data) + checksum + png[start + 8 + length :]
+
+
+def test_hidden_entries_are_not_data_and_each_split_is_counted(tmp_path, capsys):
+    tree = write_image_tree(
+        tmp_path / ".cache" / "images", classes=("cat", "dog"), per_class=3
+    )  # a dot folder above
+    shutil.copytree(
+        tree / "train" / "cat", tree / "train" / ".ipynb_checkpoints"
+    )  # copies of images: not a class
+    (tree / "test" / ".ipynb_checkpoints").mkdir()
+    (tree / "test" / ".ipynb_checkpoints" / "notes.txt").write_text(
+        "not an image, in a hidden folder"
+    )
+    (tree / "train" / "cat" / "._0.png").write_bytes(
+        b"\x00\x05\x16\x07 macOS metadata, not an image"
+    )
+    (tree / "train" / "cat" / ".hidden.png").write_bytes(b"not an image")
+    (tree / "train" / "dog" / ".git").mkdir()
+    (tree / "train" / "dog" / ".git" / "blob.png").write_bytes(b"not an image")
+    (tree / "train" / "dog" / "readme.txt").write_text("not an image extension: skipped")
+    (tree / "train" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    train_loader, val_loader, test_loader, data = dataloaders(
+        ["--quick", "--data-dir", str(tree), "--batch-size", "2"]
+    )
+    assert data.num_classes == 2 and test_loader.dataset.classes == ["cat", "dog"]
+    assert (len(train_loader.dataset) + len(val_loader.dataset), len(test_loader.dataset)) == (6, 6)
+    printed = capsys.readouterr().out
+    assert "train/: 6 images in 2 classes {'cat': 3, 'dog': 3}" in printed
+    assert "test/: 6 images in 2 classes {'cat': 3, 'dog': 3}" in printed
+
+
+def test_an_empty_class_folder_is_named_with_what_to_do(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    for image in (tree / "test" / "dog").iterdir():
+        image.unlink()
+    (tree / "test" / "dog" / ".DS_Store").write_bytes(b"\x00")  # hidden: still empty
+    line = refusal(["--quick", "--data-dir", str(tree)])
+    assert line.startswith(
+        f"error: --data-dir class folder {tree / 'test' / 'dog'} holds no images (.jpg, "
+    )
+    assert line.endswith("; add images to it, or delete that class from every split")
+
+
+@pytest.mark.parametrize("classes", [("cat",), ()])
+def test_fewer_than_two_class_folders_are_refused(tmp_path, capsys, classes):
+    tree = write_image_tree(tmp_path / "images", classes=classes, per_class=2)
+    for split in ("train", "test"):  # images lying in the split folder itself belong to no class
+        (tree / split).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tree / split / "loose.png")
+    assert refusal(["--quick", "--data-dir", str(tree)]) == (
+        f"error: --data-dir {tree}/train/ has {len(classes)} class folder(s); a classifier needs "
+        "at least two: train/<class>/<images>"
+    )
+
+
+def image_bytes(image_format):
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+UNREADABLE = {  # file name: its bytes
+    "notes.jpg": b"some text saved with an image's name\n",
+    "empty.png": b"",
+    "cut.png": image_bytes("PNG")[:3000],  # an interrupted copy: no IEND chunk
+    "cut.jpg": image_bytes("JPEG")[:800],  # no end-of-image marker
+}
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_an_unreadable_image_in_any_split_is_named_before_training(tmp_path, capsys, name, split):
+    tree = write_image_tree(
+        tmp_path / "images", splits=("train", "val", "test"), classes=("cat", "dog"), per_class=2
+    )
+    bad = tree / split / "dog" / name
+    bad.write_bytes(UNREADABLE[name])
+    line = refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
+    assert line.startswith(f"error: cannot read the image {bad} (") and line.endswith(
+        "); delete it or copy it again"
+    )
+
+
+@pytest.mark.parametrize(
+    "limit", [6000, 4000]
+)  # 10,000 pixels: Pillow warns over the limit, raises over twice it
+def test_an_image_over_the_decompression_bomb_limit_is_named_with_what_to_do(
+    tmp_path, capsys, monkeypatch, limit
+):
+    tree = write_image_tree(
+        tmp_path / "images", classes=("cat", "dog"), per_class=2
+    )  # 40x40 = 1,600 pixels each
+    big = tree / "test" / "cat" / "big.png"
+    Image.new("RGB", (100, 100)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    line = refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
+    assert line.startswith(f"error: the image {big} is over Pillow's decompression-bomb limit (")
+    assert line.endswith("); downscale it")
+
+
+def test_files_that_decode_are_accepted_whatever_their_name_or_trailer(tmp_path):
+    (tmp_path / "png_named.jpg").write_bytes(
+        image_bytes("PNG")
+    )  # the end marker follows the content, not the name
+    (tmp_path / "motion_photo.jpg").write_bytes(
+        image_bytes("JPEG") + b"\x00" * 4096 + b"MotionPhoto_Data"
+    )
+    (tmp_path / "photo.webp").write_bytes(image_bytes("WEBP"))
+    paths = sorted(tmp_path.iterdir())
+    check_images(Samples(*paths))  # no InputError
+    assert [load_rgb(path).size for path in paths] == [(40, 40)] * 3
+
+
+def test_damaged_pixel_data_passes_the_header_check_and_is_named_when_decoded(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(damaged_pixels(image_bytes("PNG")))
+    check_images(Samples(bad))  # the header and the end marker are whole: only decoding finds it
+    with pytest.raises(
+        OSError, match=f"cannot read the image {bad} .*; delete it or copy it again"
+    ):
+        load_rgb(bad)
+
+
+def tree_with_damaged_pixels(tmp_path):
+    """Two classes of 4 PNGs; one of them scrambled inside its pixel data (damaged_pixels)."""
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=4)
+    bad = tree / "train" / "cat" / "0.png"
+    bad.write_bytes(damaged_pixels(bad.read_bytes()))
+    return tree, bad
+
+
+def test_damaged_pixel_data_found_in_the_training_process_is_said_in_one_sentence(tmp_path):
+    tree, bad = tree_with_damaged_pixels(tmp_path)
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "2", "--num-workers", "0"]
+    train_loader, val_loader, _, _ = dataloaders(flags)  # passes the check
+    with pytest.raises(UnreadableImage) as raised:
+        list(train_loader) + list(val_loader)  # the image lands in one of them
+    assert str(raised.value).startswith(f"cannot read the image {bad} (")
+    assert str(raised.value).endswith("); delete it or copy it again")
+
+
+def test_an_unreadable_image_re_raised_with_a_workers_traceback_keeps_only_its_sentence():
+    """What the DataLoader does with a worker's error: UnreadableImage(the whole traceback)."""
+    sentence = "cannot read the image a.png (broken data stream); delete it or copy it again"
+    text = (
+        "Caught UnreadableImage in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "image_files.py", line 60, in load_rgb\n    raise UnreadableImage(\n'
+        f"image_files.UnreadableImage: {sentence}\n"
+    )
+    assert str(UnreadableImage(text)) == sentence
+
+
+def test_damaged_pixel_data_found_by_a_loader_worker_ends_the_run_with_one_sentence(tmp_path):
+    tree, bad = tree_with_damaged_pixels(tmp_path)
+    flags = ["--quick", "--data-dir", str(tree), "--batch-size", "2", "--num-workers", "2"]
+    returncode, stdout, stderr, _ = run_script(
+        "01_fabric_baseline.py", *flags, cwd=tmp_path, threads=1
+    )
+    assert "train/: 8 images in 2 classes" in stdout  # it passed the check before training
+    (line,) = stderr.splitlines()  # no traceback
+    assert returncode == 1 and line.startswith(f"error: cannot read the image {bad} (")
+    assert line.endswith("); delete it or copy it again")
+
+
+def test_16bit_grayscale_loads_as_the_same_pixels_saved_in_8bit(tmp_path):
+    levels = np.array([[8000, 40000]] * 3, dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "16bit.png")
+    Image.fromarray(levels.astype(np.int32)).save(
+        tmp_path / "32bit.tif"
+    )  # mode "I": 16-bit PNGs in older Pillow
+    Image.fromarray(np.array([[31, 156]] * 3, dtype=np.uint8)).save(
+        tmp_path / "8bit.png"
+    )  # round(level / 257)
+    assert (
+        Image.open(tmp_path / "16bit.png").mode == "I;16"
+        and Image.open(tmp_path / "32bit.tif").mode == "I"
+    )
+    eight_bit = np.asarray(load_rgb(tmp_path / "8bit.png"))
+    assert eight_bit[0].tolist() == [[31, 31, 31], [156, 156, 156]]
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "16bit.png")), eight_bit)
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "32bit.tif")), eight_bit)
+
+
 # ---------------------------------------------------------------- EXIF orientation
 
 
@@ -96,7 +288,7 @@ def test_a_damaged_exif_block_neither_warns_nor_stops_the_run(tmp_path, exif, tu
     expected = stored_pixels(PICTURE, 6)
     if turned:
         expected = PICTURE
-    check_images(Samples(path))  # no SystemExit, no warning
+    check_images(Samples(path))  # no InputError, no warning
     assert np.array_equal(loaded(path), expected)
 
 
@@ -360,7 +552,7 @@ def test_values_a_mode_cannot_hold_are_refused_before_training_naming_the_range(
 ):
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
     bad = saved(Image.fromarray(values), tree / "train" / "dog", "scan.tif")
-    line = refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"], capsys)
+    line = refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
     assert line.startswith(f"error: the image {bad} holds {found}")
     assert line.endswith("or save it with 8 or 16 bits per channel")
 
@@ -369,7 +561,7 @@ def test_a_mode_this_loader_does_not_know_is_refused_before_training(tmp_path, c
     tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
     bad = saved(Image.new("CMYK", (8, 8)), tree / "test" / "dog", "print.tif")
     monkeypatch.setattr(image_files, "KNOWN_MODES", ("RGB", "L"))  # a mode a later Pillow adds
-    assert refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"], capsys) == (
+    assert refusal(["--quick", "--data-dir", str(tree), "--batch-size", "2"]) == (
         f"error: the image {bad} has the pixel mode CMYK, which this loader does not know; save "
         "it as 8-bit RGB"
     )
@@ -385,9 +577,7 @@ def test_a_link_looping_back_and_second_paths_to_a_file_count_once_and_are_said(
     (cat / "same.png").symlink_to(cat / "0.png")
     os.link(cat / "1.png", cat / "hard.png")
     (tree / "test" / "dog" / "leak.png").symlink_to(tree / "train" / "dog" / "3.png")
-    train, val, test, _ = get_dataloaders(
-        parse_args(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
-    )
+    train, val, test, _ = dataloaders(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
     folder = train.dataset.dataset
     assert len(folder) == 20 and len(set(folder.files.values())) == 20
     assert not set(train.dataset.indices) & set(val.dataset.indices)
@@ -410,10 +600,7 @@ def test_a_link_looping_back_and_second_paths_to_a_file_count_once_and_are_said(
 def test_tagged_jpegs_and_float_tiffs_reach_the_model_as_their_upright_8bit_copies(tmp_path):
     tree = write_band_tree(tmp_path / "bands", count=7, copy=tmp_path / "copy")
     flags = ["--quick", "--batch-size", "1", "--num-workers", "0"]
-    loaders = [
-        get_dataloaders(parse_args([*flags, "--data-dir", str(root)]))
-        for root in (tree, tmp_path / "copy")
-    ]
+    loaders = [dataloaders([*flags, "--data-dir", str(root)]) for root in (tree, tmp_path / "copy")]
     tensors = [
         [torch.stack([features for features, _ in loader.dataset]) for loader in found[:2]]
         for found in loaders
