@@ -16,14 +16,14 @@ from hardware import PrecisionUnavailable, print_setup
 from image_files import UnreadableImage
 from local_utilities import compute_accuracy, get_dataloaders
 from measurement import Measurement
-from model_weights import get_model, model_weights
+from model_weights import ModelSaver, get_model, model_weights
 from nan_check import DIVERGED_EXIT_CODE, all_finite, divergence_message, first_nonfinite
 from processes import print_once
 
 PRECISION = "16-true"  # everything in float16: weights, activations, gradients, Adam state
 
 
-def train(num_epochs, model, optimizer, scheduler, train_loader, val_loader, timer, fabric):
+def train(num_epochs, model, optimizer, scheduler, train_loader, val_loader, timer, fabric, saver):
     """Finetune; return (the last epoch's accuracies, None), or ({}, where NaN first appeared)."""
     train_accuracy = MulticlassAccuracy(model.heads.head.out_features, average="micro")
     train_accuracy = train_accuracy.to(fabric.device)
@@ -53,6 +53,7 @@ def train(num_epochs, model, optimizer, scheduler, train_loader, val_loader, tim
         train_accuracy.reset()
         val_acc = compute_accuracy(model, val_loader)
         fabric.print(f"{epoch_name} | Train acc.: {train_acc:.2%} | Val acc.: {val_acc:.2%}")
+        saver.after_epoch(model, fabric)  # --save-every-epoch: kept if the run stops later
     if not all_finite(*model.parameters()):  # the last optimizer step can still write NaN
         return {}, "the weights turned non-finite in the last optimizer step"
     return {"train_acc": train_acc, "val_acc": val_acc}, None
@@ -79,6 +80,9 @@ def main(args):
         args.data, args.model, args.batch_size, args.seed, args.max_steps, args.num_workers
     )
     weights = model_weights(args.model, args.weights, args.data_dir)  # None: --quick, --synthetic
+    saver = ModelSaver(  # --save: the finetuned model with its class names, for predict.py
+        args.save, args.save_every_epoch, args.model, PRECISION, train_loader.dataset
+    )
 
     # 3 Build the model directly on the device and in the target precision, with a new head
     measurement = Measurement(  # the peak memory counts from here
@@ -107,6 +111,7 @@ def main(args):
             val_loader=val_loader,
             timer=measurement.timer,
             fabric=fabric,
+            saver=saver,
         )
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see below): one line instead of a traceback
         where = measurement.timer.position()
@@ -117,10 +122,12 @@ def main(args):
     # 5 Evaluate on the test set; report time, memory and accuracy; append the run's record
     if diverged_at is None:
         accuracies["test_acc"] = compute_accuracy(model, test_loader)
+        saver.after_training(model, fabric)
     measurement.report(train_time, accuracies, diverged_at, results=args.results)
     fabric.barrier()  # every process gets here before any exits, or teardown can abort
     if diverged_at is not None:
-        fabric.print(divergence_message(diverged_at, measurement.weight_dtype), file=sys.stderr)
+        message = divergence_message(diverged_at, measurement.precision_in_effect)
+        fabric.print(message, file=sys.stderr)
         return DIVERGED_EXIT_CODE
     return 0
 

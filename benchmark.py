@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 BASELINE = "01_fabric_baseline.py"
 DIVERGED_EXIT_CODE = 3  # nan_check's; not imported, as that module imports torch
+MAX_SEED = 2**32 - 1  # seed_everything's (lightning/fabric/utilities/seed.py), from 0; flags' too
 SHARED_PROBLEM_EXIT_CODE = 2  # the scripts' status for an InputError: flags, data, weights
 SHARED_PROBLEM = "every script would stop the same way; fix that and run again"
 # Peak RSS on a CPU moved by 0.07 GB between identical runs: a ratio to less would be noise
@@ -145,6 +147,10 @@ def parse_args(argv):
         "--from-results", type=Path, metavar="FILE", help="run nothing; tabulate FILE's records"
     )
     args, script_args = parser.parse_known_args(argv)
+    seeds = args.seeds or []
+    wrong = [seed for seed in seeds if seed > MAX_SEED or (len(seeds) > 1 and seed < 0)]
+    if wrong:
+        parser.error(f"--seeds: a seed is a whole number from 0 to {MAX_SEED}; got {wrong[0]}")
     if args.seeds and len(args.seeds) == 1:  # a number of seeds
         args.seeds = list(range(1, args.seeds[0] + 1))
     flags = [arg.split("=")[0] for arg in script_args]
@@ -203,9 +209,20 @@ def read_results(path, offset=0):
     return records, skipped
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a scheduler's time limit) stops the runner as Ctrl-C does;
+    unlike a terminal's Ctrl-C, it reaches the runner alone, so the running script must be told."""
+
+
+def terminate(signum, frame):
+    """The runner's SIGTERM handler: raise Terminated wherever the runner is."""
+    raise Terminated
+
+
 def run_script(script, script_args, results_file):
     """Run a script, echoing its output: its record, or a crashed row with its reason (the last
-    "error: " line). Errors: KeyboardInterrupt once the script stopped (terminated after 10 s)."""
+    "error: " line). Errors: KeyboardInterrupt (Ctrl-C, or Terminated) once the script stopped:
+    sent SIGTERM if the runner alone got it, and killed if it still runs after 10 s."""
     offset = results_file.stat().st_size if results_file.exists() else 0
     command = [sys.executable, str(script), *script_args, "--results", str(results_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -219,11 +236,13 @@ def run_script(script, script_args, results_file):
             if "error: " in line:  # the scripts' "error: ..." and argparse's "x.py: error: ..."
                 reason = line[line.index("error: ") :]
         exit_code = process.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Terminated):  # a terminal's Ctrl-C reaches the script itself
+            process.terminate()  # which the scripts take as Ctrl-C
         try:
-            process.wait(timeout=10)  # the script got the terminal's SIGINT too
+            process.wait(timeout=10)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            process.terminate()
+            process.kill()
             process.wait()
         raise
     records = read_results(results_file, offset)[0]
@@ -476,8 +495,26 @@ def notes(groups):
         (any(r["parent"] for r in comparisons), PARENT),
         (below, f"{BELOW_RESOLUTION}: the baseline's peak memory is under {max(resolution)} GB."),
         (seeded and "interval" not in verdict([0, 1]), "For 95% intervals: pip install scipy"),
+        (mfu_note(rows) is not None, mfu_note(rows)),
     ]
     return [sentence for needed, sentence in notes if needed]
+
+
+def mfu_note(rows):
+    """What each script's MFU is a share of (its record's mfu_peak label), scripts grouped by it:
+    on a CPU, the matmul ceiling measured at start in the precision in effect, so the column's
+    bases differ. None when no row has an MFU."""
+    scripts_by_label = {}
+    for row in rows:
+        peak = row.get("mfu_peak")
+        if row.get("mfu") is None or not peak:
+            continue
+        number = row["script"].split("_")[0]
+        scripts_by_label.setdefault(peak["label"], []).append(number)
+    if not scripts_by_label:
+        return None
+    parts = [f"{label} for {', '.join(numbers)}" for label, numbers in scripts_by_label.items()]
+    return f"MFU: the model's FLOP/s per device {'; '.join(parts)}."
 
 
 def chart_panels(rows, comparisons):
@@ -554,10 +591,29 @@ def summarize(rows, out, command):
         print(f"Wrote {out / 'results.md'}; no chart: it needs matplotlib (pip install matplotlib)")
 
 
+def out_problem(out):
+    """Why the runner cannot write its files to the --out folder (made here if missing), or None:
+    a read-only checkout, say, where the default, ./results, is."""
+    reason = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+    if reason is None and not os.access(out, os.W_OK):
+        reason = "not writable"
+    if reason is None:
+        return None
+    return (
+        f"cannot write to --out {out} ({out.resolve()}: {reason}); name a folder you can write, "
+        "e.g. --out ~/vit_results"
+    )
+
+
 def main(argv=None):
     """Run (or load) the records; print and write the tables and the chart. Returns the exit status:
-    0; 1 when a script crashed; 2 for a wrong script or results file, or when a problem every
-    script shares stopped the run. Errors: flags that cannot work exit 2, Ctrl-C 130."""
+    0; 1 when a script crashed; 2 for a wrong script or results file, an --out it cannot write,
+    or when a problem every script shares stopped the run. Errors: flags that cannot work exit 2,
+    Ctrl-C (or SIGTERM) 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args, script_args = parse_args(argv)
     command = shlex.join(["python", "benchmark.py", *argv])
@@ -574,10 +630,13 @@ def main(argv=None):
         return SHARED_PROBLEM_EXIT_CODE
     if args.from_results and saved.exists():
         command = f"{saved.read_text().strip()}\n# tabulated again by: {command}"
+    problem = out_problem(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return SHARED_PROBLEM_EXIT_CODE
     if rows and not args.from_results:
         print(f"Adding to {results_file}, which holds {len(rows)} record(s)")
     if not args.from_results:
-        args.out.mkdir(parents=True, exist_ok=True)
         with open(saved, "a" if args.append else "w") as file:
             file.write(command + "\n")  # with --append, every run's command
         runs = [(path, seed) for seed in args.seeds or [None] * args.repeats for path in scripts]
@@ -598,4 +657,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, terminate)  # `kill`, `docker stop`, a scheduler: as Ctrl-C
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # between runs, or while tabulating: the records are in their file
+        print("interrupted; the records written so far are kept", file=sys.stderr)
+        sys.exit(130)

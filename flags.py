@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import torch
+import torchvision
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 
 TINY_VIT = "vit_tiny_32"  # the small model of --quick: 32x32 input, random initial weights
 IMAGENET_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
@@ -18,6 +20,8 @@ QUICK_LEARNING_RATE = 1e-3  # the small model starts from random weights: a larg
 IN_MEMORY_DATA = ("generated", "synthetic")  # no files to load: no loader processes by default
 CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup: its CPU quota and period, in µs
 CPU_QUOTA_FILES = [("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]  # v2, v1
+SHARED_MEMORY = Path("/dev/shm")  # where loader workers put the batches they hand over (Linux)
+PREFETCH_FACTOR = 2  # batches each loader worker prepares ahead: DataLoader's default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=123,
-        help="seeds the weights and the data order (default %(default)s)",
+        help=f"seeds the weights and the data order, {min_seed_value} to {max_seed_value} "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--matmul-precision", choices=("highest", "high", "medium"), default="medium"
@@ -78,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--results", type=Path, metavar="FILE", help="append one JSON record of this run to FILE"
+    )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="save the finetuned model to FILE at the end, for predict.py",
+    )
+    parser.add_argument(
+        "--save-every-epoch",
+        action="store_true",
+        help="with --save: also after each epoch, so that a stopped run keeps what it trained",
     )
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument(
@@ -100,6 +116,11 @@ def validate_args(args: argparse.Namespace) -> list[str]:
             if smallest == 0:
                 must = "zero or more"
             problems.append(f"--{name.replace('_', '-')}: must be {must}, got {value}")
+    if args.seed < min_seed_value or args.seed > max_seed_value:  # seed_everything's range
+        problems.append(
+            f"--seed: must be a whole number from {min_seed_value} to {max_seed_value}, "
+            f"got {args.seed}"
+        )
     rate = args.learning_rate
     if rate is not None and (rate <= 0 or not math.isfinite(rate)):
         problems.append(f"--learning-rate: must be a positive finite number, got {rate}")
@@ -117,6 +138,7 @@ def validate_args(args: argparse.Namespace) -> list[str]:
         problems.append(f"--data-dir {args.data_dir} is not a folder")
     problems += accelerator_problems(args.accelerator, args.strategy)
     problems += results_path_problems(args.results)
+    problems += save_path_problems(args.save, args.save_every_epoch, args.strategy)
     problems += cluster_problems(args.num_nodes)
     return problems
 
@@ -146,6 +168,26 @@ def results_path_problems(path: Path | None) -> list[str]:
         return [f"--results {path} cannot be written: {path} is not a writable file"]
     if existing != path and not (existing.is_dir() and os.access(existing, os.W_OK)):
         return [f"--results {path} cannot be written: {existing} is not a writable folder"]
+    return []
+
+
+def save_path_problems(path: Path | None, every_epoch: bool, strategy: str) -> list[str]:
+    """Why --save (and --save-every-epoch) could never write the model file, found before training.
+
+    The file is written beside its final name and then renamed (Fabric's save does so too), so
+    its folder must be writable, or creatable; an earlier file of that name is replaced.
+    """
+    if path is None and every_epoch:
+        return ["--save-every-epoch saves to the file --save names; add --save FILE"]
+    if path is None:
+        return []
+    if strategy == "fsdp":  # Lightning's FSDPStrategy saves a folder of shards by default
+        return ["--save writes one file for predict.py, but FSDP saves shards; use --strategy ddp"]
+    if path.exists() and not path.is_file():
+        return [f"--save {path} is not a file (a folder or a device); name a file"]
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK)):
+        return [f"--save {path} cannot be written: {existing} is not a writable folder"]
     return []
 
 
@@ -212,6 +254,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.learning_rate = QUICK_LEARNING_RATE
     if args.num_workers is None:
         args.num_workers = default_loader_workers(args.data, args.devices)
+    problems = shared_memory_problems(
+        args.num_workers, args.devices, args.batch_size, input_size(args.model)
+    )
+    if problems:
+        parser.error("; ".join(problems))
     return args
 
 
@@ -224,6 +271,7 @@ def recorded_flags(args: argparse.Namespace) -> dict:
         warmup_steps=args.warmup_steps,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        save=str(args.save.resolve()) if args.save else None,
     )
 
 
@@ -234,6 +282,46 @@ def default_loader_workers(data: str | Path, devices: int) -> int:
     if data in IN_MEMORY_DATA:
         return 0
     return min(8, max(1, usable_cpus() // devices - 1))
+
+
+def input_size(model: str) -> int:
+    """The side in pixels of the square images `model` trains on: 32 for TINY_VIT, else the crop
+    of its ImageNet weights' own preprocessing (224 for every ViT of IMAGENET_VITS)."""
+    if model == TINY_VIT:
+        return 32
+    return torchvision.models.get_model_weights(model)[IMAGENET_WEIGHTS].transforms().crop_size[0]
+
+
+def shared_memory_problems(workers: int, devices: int, batch_size: int, size: int) -> list[str]:
+    """Why the loader workers would fail ("unable to allocate shared memory", or a bus error): too
+    little free space in /dev/shm (Docker gives a container 64 MiB unless told more) for the
+    batches they hand over at once.
+
+    Each worker puts every batch it prepares in shared memory (torch.multiprocessing), and
+    prepares PREFETCH_FACTOR ahead, so each of the `devices` training processes holds about
+    `workers` x PREFETCH_FACTOR batches there, and 2 more: the batch it takes and the one before,
+    still held until the new one replaces it. A batch is `batch_size` float32 images of
+    3 x `size` x `size` and their int64 labels. Measured on our CPU (01 --synthetic, 2 workers,
+    batches of 16: 55 MiB by this count): a 47 MiB /dev/shm failed at step 5, 57 MiB trained.
+    The estimate is a lower bound, so the advice asks for twice it; a machine without /dev/shm
+    (macOS, Windows) is not checked.
+    """
+    if workers == 0 or not SHARED_MEMORY.is_dir():
+        return []
+    batch_bytes = batch_size * (3 * size * size * 4 + 8)
+    need = devices * (workers * PREFETCH_FACTOR + 2) * batch_bytes
+    disk = os.statvfs(SHARED_MEMORY)
+    free = disk.f_bavail * disk.f_frsize
+    if need <= free:
+        return []
+    mib = 2**20
+    return [
+        f"--num-workers {workers}: the loader workers need about {need / mib:.0f} MiB of shared "
+        f"memory ({devices} x ({workers} x {PREFETCH_FACTOR} + 2) batches of "
+        f"{batch_bytes / mib:.1f} MiB), but {SHARED_MEMORY} has {free / mib:.0f} MiB free; give "
+        f"the container more (docker run --shm-size={math.ceil(2 * need / 2**30)}g), or load "
+        "the data in the training process with --num-workers 0"
+    ]
 
 
 def usable_cpus() -> int:

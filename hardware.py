@@ -1,10 +1,10 @@
-"""The machine a run is on: versions, the device and its 16-bit units, its datasheet peak FLOP/s
-and its peak memory."""
+"""The machine a run is on: versions, the device, its datasheet peak FLOP/s and its peak memory."""
 
 import os
 import platform
 import re
 import resource
+import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -17,24 +17,34 @@ from processes import print_once, world_size
 
 CPUINFO_PATH = Path("/proc/cpuinfo")  # Linux; other systems name no CPU flags
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux, if writable)
-# Dense (no 2:4 sparsity) peak FLOP/s of H100 SXM and H200 SXM, from NVIDIA's datasheets.
-# Lightning 2.6's get_available_flops misses the H200 and lists the sparse figures.
-DENSE_PEAK_FLOPS = {
-    torch.bfloat16: 989e12,
-    torch.float16: 989e12,
-    "tfloat32": 494e12,
-    torch.float32: 67e12,
-}
-# CPU flags of 16-bit matrix instructions (x86 AMX and AVX-512, Arm), from /proc/cpuinfo
-HALF_UNITS = {
-    "bfloat16": ("amx_bf16", "avx512_bf16", "bf16"),
-    "float16": ("amx_fp16", "avx512_fp16", "fphp"),
+# Dense (no 2:4 sparsity) peak FLOP/s of the H200 from NVIDIA's H200 datasheet, whose tensor-core
+# figures are given with sparsity: halved here. Lightning 2.6's table (_CUDA_FLOPS in
+# lightning/fabric/utilities/throughput.py) keys the H200 as "h200 sxm1" and "h200 nvl1" with the
+# sparse figures, and a device named "NVIDIA H200" matches neither; its H100 entries are dense.
+H200_DENSE_PEAK_FLOPS = {
+    "sxm": {
+        torch.bfloat16: 989e12,
+        torch.float16: 989e12,
+        "tfloat32": 494e12,
+        torch.float32: 67e12,
+    },
+    "nvl": {
+        torch.bfloat16: 835e12,
+        torch.float16: 835e12,
+        "tfloat32": 417e12,
+        torch.float32: 60e12,
+    },
 }
 
 
 class PrecisionUnavailable(Exception):
     """This device lacks the precision a script asks for, though another script may run here;
     the message is the one sentence a user reads (the scripts exit with status 1)."""
+
+
+class MissingCompiler(PrecisionUnavailable):
+    """What torch.compile's inductor builds kernels with is missing here, though the scripts that
+    do not compile run: the scripts catch it as PrecisionUnavailable (status 1)."""
 
 
 def versions() -> dict[str, str]:
@@ -64,7 +74,7 @@ def device_name(device: torch.device) -> str:
 
 
 def print_setup(precision: str, device: torch.device, model_name: str) -> None:
-    """Print the versions and the device; say if a CPU emulates the 16-bit precision asked for.
+    """Print the versions and the device (its matmul ceilings come with the Measurement).
 
     Errors: PrecisionUnavailable for bfloat16 on a GPU without native support (before Ampere).
     """
@@ -85,33 +95,26 @@ def print_setup(precision: str, device: torch.device, model_name: str) -> None:
         f"Precision asked for: {precision} | "
         f"float32 matmul precision: {torch.get_float32_matmul_precision()}"
     )
-    half = "bfloat16"  # 16-mixed runs as bf16-mixed on a CPU
-    if precision == "16-true":
-        half = "float16"
-    flags = set(cpu_field("flags").split() or cpu_field("Features").split())  # x86, Arm
-    missing_units = flags and not flags & set(HALF_UNITS[half])
-    if device.type == "cpu" and precision != "32-true" and missing_units:
-        print_once(
-            f"Note: this CPU has no {half} matrix units ({' '.join(HALF_UNITS[half])}), so "
-            f"{precision} is emulated and slower than 32-true here, up to tens of times; "
-            "compare precisions on a GPU or a CPU with them"
-        )
 
 
 def datasheet_peak_flops(
     device: torch.device, dtype: torch.dtype | None, matmul_precision: str
 ) -> float | None:
-    """The chip's dense peak FLOP/s for matmuls in `dtype`, from its datasheet (NVIDIA's, or
-    Lightning's table); None where unknown (CPUs, some GPUs)."""
-    if device.type != "cuda":
+    """The chip's dense peak FLOP/s for matmuls in `dtype` (float32 counts as TF32 below matmul
+    precision "highest", on Ampere and newer), from Lightning's table or, for the H200, NVIDIA's
+    datasheet; None where unknown (CPUs, GPUs missing from both)."""
+    if device.type != "cuda" or dtype is None:
         return None
     name = torch.cuda.get_device_name(device).lower()
-    sxm = ("h200" in name and "nvl" not in name) or ("h100" in name and "hbm3" in name)
-    if not sxm:
-        return get_available_flops(device, dtype)
+    if "h200" not in name:
+        return get_available_flops(device, dtype)  # TF32 decided as above, by Lightning
+    key = dtype
     if dtype == torch.float32 and matmul_precision != "highest":
-        return DENSE_PEAK_FLOPS["tfloat32"]
-    return DENSE_PEAK_FLOPS[dtype]
+        key = "tfloat32"
+    form = "sxm"
+    if "nvl" in name:
+        form = "nvl"
+    return H200_DENSE_PEAK_FLOPS[form].get(key)
 
 
 def reset_peak_memory(device: torch.device) -> int | None:
@@ -165,3 +168,49 @@ def peak_memory(device: torch.device, baseline: int | None) -> tuple[float, str]
         gigabytes = tensor.tolist()
         description += f", per process: the most of any of the {world_size()} processes"
     return gigabytes[0], description.format(*gigabytes)
+
+
+def check_compiler(model: torch.nn.Module, device: torch.device) -> None:
+    """Before the first step, when `model` (or a module in it) is compiled with inductor,
+    torch.compile's default backend, check that what inductor builds kernels with is here: on a
+    CPU, a C++ compiler (torch's own search, get_cpp_compiler in torch/_inductor/cpp_builder.py:
+    torch._inductor.config.cpp.cxx, which is $CXX or g++); on a CUDA GPU, triton (torch's
+    has_triton) and the C compiler triton builds its launcher with ($CC, else gcc or clang on
+    the PATH: _find_compiler in triton/runtime/build.py).
+
+    The backend is read from the arguments Lightning keeps on a compiled module
+    (_compile_kwargs, lightning/fabric/wrappers.py), and is inductor without them.
+    Errors: MissingCompiler, saying what is missing and what to do.
+    """
+    from torch._dynamo import OptimizedModule  # as Lightning imports it; only compiled runs
+
+    compiled = [module for module in model.modules() if isinstance(module, OptimizedModule)]
+    if not compiled:
+        return
+    if getattr(compiled[0], "_compile_kwargs", {}).get("backend", "inductor") != "inductor":
+        return
+    without = "or train without torch.compile (04_fabric_bf16true.py is 04c without it)"
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder, exc
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler as error:
+            raise MissingCompiler(
+                f"torch.compile builds C++ kernels for a CPU, and no C++ compiler works here "
+                f"({error}); install one (apt install g++, or set CXX to one), {without}"
+            ) from None
+    if device.type != "cuda":
+        return
+    from torch.utils._triton import has_triton
+
+    if not has_triton():
+        raise MissingCompiler(
+            "torch.compile builds GPU kernels with triton, which is not installed or does not "
+            f"support this GPU; install it (pip install triton), {without}"
+        )
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        raise MissingCompiler(
+            "torch.compile builds GPU kernels with triton, which needs a C compiler, and none is "
+            f"here (no $CC, no gcc or clang on the PATH); install one (apt install gcc), {without}"
+        )

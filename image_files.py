@@ -1,10 +1,13 @@
 """Image files as a person sees them: which files of a folder are data, their checks, 8-bit RGB."""
 
+import collections
 import functools
+import hashlib
 import itertools
 import os
 import re
 import struct
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import Resize
+from torchvision.transforms.functional import _compute_resized_output_size
 
 from errors import InputError
 from processes import print_once
@@ -22,6 +27,14 @@ TRANSPARENT = ("LA", "La", "PA", "RGBA", "RGBa")  # composited over white
 SCALED = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 0..65535 (F: 0..1) scaled to 0..255
 KNOWN_MODES = (*CONVERTED, *TRANSPARENT, *SCALED, "LAB")  # every mode of Pillow 13 (Image.MODES)
 UNKNOWN_MODE = "has the pixel mode {}, which this loader does not know; save it as 8-bit RGB"
+# torchvision ImageFolder's endings, and others every Pillow since 10.3 reads: JPEG's .jfif, GIF
+# (its first frame), and AVIF where this Pillow has its plugin (Pillow 11.2 and later)
+AVIF = tuple(ending for ending in (".avif",) if ending in Image.registered_extensions())
+EXTENSIONS = (*IMG_EXTENSIONS, ".jfif", ".gif", *AVIF)
+# what a person may think of as an image: what Pillow opens, and phone formats it does not
+OPENED = [ending for ending, kind in Image.registered_extensions().items() if kind in Image.OPEN]
+IMAGE_LIKE = (*OPENED, ".avif", ".heic", ".heif", ".jxl")
+SPLIT_NAMES = {"val": ("val", "valid", "validation")}  # Roboflow exports valid/, Hugging Face
 
 
 class UnreadableImage(OSError):
@@ -148,11 +161,21 @@ class VisibleImageFolder(ImageFolder):
     each folder and counting each file once: a link back to a folder already walked (a loop such
     as `again -> .`) or a second path to a file already found is listed in `skipped`. `files`
     maps each file's file_id to its path. An empty class folder passes, for image_folders to name.
+
+    Class names are the folders' names in Unicode NFC (`folder_of` maps them back to the names on
+    disk). `loose` lists the image-like files (image_like) beside the class folders, `unused` those
+    in them whose ending is not in EXTENSIONS, `unreadable` the OSErrors of folders not listed.
     """
 
     def find_classes(self, directory):
-        entries = os.scandir(directory)
-        classes = sorted(entry.name for entry in entries if entry.is_dir() and entry.name[0] != ".")
+        entries = list(os.scandir(directory))
+        folders = [entry.name for entry in entries if entry.is_dir() and entry.name[0] != "."]
+        self.folder_of = folders_by_nfc_name(directory, folders)
+        classes = sorted(self.folder_of)
+        self.loose = [
+            entry.path for entry in entries if not entry.is_dir() and image_like(entry.name)
+        ]
+        self.unused, self.unreadable = [], []
         return classes, {name: index for index, name in enumerate(classes)}
 
     def make_dataset(
@@ -160,7 +183,10 @@ class VisibleImageFolder(ImageFolder):
     ):
         self.files, self.skipped, samples, walked = {}, {"folder": [], "file": []}, [], set()
         for name, index in class_to_idx.items():
-            for root, folders, names in os.walk(os.path.join(directory, name), followlinks=True):
+            top = os.path.join(directory, self.folder_of[name])
+            for root, folders, names in os.walk(
+                top, onerror=self.unreadable.append, followlinks=True
+            ):
                 here = file_id(root)
                 if here in walked:
                     self.skipped["folder"].append(root)
@@ -170,7 +196,11 @@ class VisibleImageFolder(ImageFolder):
                 folders[:] = sorted(below for below in folders if below[0] != ".")
                 for file in sorted(names):
                     path = os.path.join(root, file)
-                    if file[0] == "." or not file.lower().endswith(IMG_EXTENSIONS):
+                    if file[0] == ".":
+                        continue
+                    if not file.lower().endswith(EXTENSIONS):
+                        if image_like(file):
+                            self.unused.append(path)
                         continue
                     identity = file_id(path)
                     if identity in self.files:
@@ -183,15 +213,21 @@ class VisibleImageFolder(ImageFolder):
 
 def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
     """{"train": ..., and "val" and/or "test": ...}: the split folders of data_dir, each walked
-    once (what was skipped is said), counted per class, and checked file by file (check_images).
+    once (what was skipped or not used is said), counted per class, and checked file by file
+    (check_images, check_resized_sizes); copies of a split's files in a later split are said.
+    val/ may be named valid/ or validation/ (split_folder); class names match in Unicode NFC.
 
     Errors: InputError for a missing split, too few or mismatched classes, an empty class
-    folder, or a file check_images refuses.
+    folder, a folder that cannot be read, two validation folders, one class name in two Unicode
+    forms, or a file check_images or check_resized_sizes refuses.
     """
-    found = {}
+    found, facts = {}, {}
     for name in ("train", "val", "test"):
-        if (data_dir / name).is_dir():
-            found[name] = VisibleImageFolder(data_dir / name, transform, loader=load_rgb)
+        folder = split_folder(data_dir, name)
+        if folder:
+            check_listable(folder)
+            found[name] = VisibleImageFolder(folder, transform, loader=load_rgb)
+            check_listed(found[name])
     if "train" not in found or len(found) < 2:
         raise InputError(
             f"--data-dir {data_dir} needs train/<class>/<images> beside test/ or val/; "
@@ -225,12 +261,15 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
         empty = [folder for folder, count in counts.items() if count == 0]
         if empty:
             raise InputError(
-                f"--data-dir class folder {data_dir / name / empty[0]} holds no "
+                f"--data-dir class folder {Path(split.root, split.folder_of[empty[0]])} holds no "
                 f"images ({', '.join(IMG_EXTENSIONS)}); add images to it, or delete that class "
                 "from every split"
             )
         print_once(f"{name}/: {len(split)} images in {len(classes)} classes {counts}")
-        check_images(split)
+        for note in split_notes(name, split):
+            print_once(note)
+        facts[name] = check_images(split)
+        check_resized_sizes(facts[name], transform)
     for first, second in itertools.combinations(found, 2):
         shared = found[first].files.keys() & found[second].files.keys()
         if shared:
@@ -238,11 +277,15 @@ def image_folders(data_dir: Path, transform) -> dict[str, VisibleImageFolder]:
                 f"note: {len(shared)} file(s) of {second}/ are also in {first}/ (links to the same "
                 f"file), such as {found[second].files[min(shared)]}; {second}/ is not unseen data"
             )
+        note = copies_note(first, facts[first], second, facts[second])
+        if note:
+            print_once(note)
     return found
 
 
-def check_images(dataset: ImageFolder) -> None:
-    """Check every image with check_image: name a bad file before training.
+def check_images(dataset: ImageFolder) -> dict[str, tuple[tuple[int, int], bytes]]:
+    """Check every image with check_image: name a bad file before training. Returns check_image's
+    {path: (size, digest)} of each.
 
     Errors: InputError naming the first unreadable, truncated or oversized file, or one whose
     mode or pixel values this loader cannot turn into 8-bit RGB.
@@ -250,9 +293,10 @@ def check_images(dataset: ImageFolder) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # metadata
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        facts = {}
         for path, _ in dataset.samples:
             try:
-                check_image(path)
+                facts[path] = check_image(path)
             except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
                 raise InputError(
                     f"the image {path} is over Pillow's decompression-bomb limit ({error}); "
@@ -265,11 +309,14 @@ def check_images(dataset: ImageFolder) -> None:
                 raise InputError(
                     f"cannot read the image {path} ({reason}); delete it or copy it again"
                 ) from None
+    return facts
 
 
-def check_image(path: str) -> None:
+def check_image(path: str) -> tuple[tuple[int, int], bytes]:
     """Raise if the file is no image Pillow can open, lacks its format's end marker (cut short),
-    has a mode outside KNOWN_MODES, or holds F or I values that scaled_to_8_bits refuses.
+    has a mode outside KNOWN_MODES, or holds F or I values that scaled_to_8_bits refuses; else
+    return its (width, height) and a digest of its bytes: BLAKE2b of 16 bytes (hashlib), which two
+    different files share with odds of about 2^-64 among 2^32 files (the birthday bound).
 
     The format comes from the content, not the name. Image.open reads only the header; the pixels
     are decoded for modes F and I only.
@@ -282,3 +329,168 @@ def check_image(path: str) -> None:
             raise UnusableImage(UNKNOWN_MODE.format(image.mode))
         if image.mode in ("F", "I"):
             scaled_to_8_bits(image)
+        file.seek(0)
+        return image.size, hashlib.blake2b(file.read(), digest_size=16).digest()
+
+
+def image_like(name: str) -> bool:
+    """Whether a file name ends as an image a person may have meant as data (IMAGE_LIKE)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_LIKE
+
+
+def folders_by_nfc_name(directory: str, folders: list[str]) -> dict[str, str]:
+    """{class name in Unicode NFC: its folder's name on disk}. macOS writes accented names
+    decomposed (NFD: e + U+0301 for é), Linux and Windows tools mostly composed (NFC): splits
+    copied from both hold the same classes under names that differ in their bytes.
+
+    Errors: InputError when two folders of one split have the same NFC name.
+    """
+    by_name = {}
+    for folder in sorted(folders):
+        name = unicodedata.normalize("NFC", folder)
+        if name in by_name:
+            raise InputError(
+                f"--data-dir folders {os.path.join(directory, by_name[name])!a} and "
+                f"{os.path.join(directory, folder)!a} are one name written in two Unicode forms "
+                "(composed and decomposed); merge them into one folder"
+            )
+        by_name[name] = folder
+    return by_name
+
+
+def split_folder(data_dir: Path, split: str) -> Path | None:
+    """The folder of a split: train/, test/, and for "val" val/, valid/ (Roboflow's exports) or
+    validation/ (Hugging Face's); None when data_dir has none.
+
+    Errors: InputError when data_dir has two of val/, valid/ and validation/.
+    """
+    present = [data_dir / name for name in SPLIT_NAMES.get(split, (split,))]
+    present = [folder for folder in present if folder.is_dir()]
+    if len(present) > 1:
+        names = " and ".join(f"{folder.name}/" for folder in present)
+        raise InputError(
+            f"--data-dir {data_dir} has {names}, each a validation split; keep one of them"
+        )
+    if not present:
+        return None
+    if present[0].name != split:
+        print_once(f"{present[0].name}/ is the validation split (val/)")
+    return present[0]
+
+
+def unreadable_folder(error: OSError) -> InputError:
+    """The sentence for a folder of --data-dir that cannot be listed, its images left out."""
+    return InputError(
+        f"--data-dir folder {error.filename} cannot be read ({error.strerror}), so its images "
+        f"would be left out; give read permission (chmod -R a+rX {error.filename}), or move it "
+        "out of --data-dir"
+    )
+
+
+def check_listable(folder: Path) -> None:
+    """Errors: InputError (unreadable_folder) when a split folder cannot be listed."""
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError as error:
+        raise unreadable_folder(error) from None
+
+
+def check_listed(split: VisibleImageFolder) -> None:
+    """Errors: InputError (unreadable_folder) naming the first folder below the class folders that
+    os.walk could not list (it would skip it in silence)."""
+    if split.unreadable:
+        raise unreadable_folder(split.unreadable[0])
+
+
+def split_notes(name: str, split: VisibleImageFolder) -> list[str]:
+    """Lines about a split's folders: class names matched in Unicode NFC, and image-like files
+    that are not data (beside the class folders, or with an ending this loader does not read)."""
+    notes = []
+    decomposed = [folder for folder in split.folder_of.values() if not is_nfc(folder)]
+    if decomposed:
+        notes.append(
+            f"{name}/: {len(decomposed)} class folder name(s) such as {decomposed[0]!a} are "
+            "written decomposed (Unicode NFD, as macOS writes them); matched to the other splits "
+            "in their composed form (NFC)"
+        )
+    reasons = []
+    if split.loose:
+        reasons.append(
+            f"{len(split.loose)} beside the class folders, such as {split.loose[0]} (move them "
+            "into their class folder)"
+        )
+    if split.unused:
+        endings = collections.Counter(os.path.splitext(path)[1].lower() for path in split.unused)
+        listed = ", ".join(f"{count} {ending}" for ending, count in endings.most_common())
+        reasons.append(
+            f"{listed} files, such as {split.unused[0]}, an ending this loader does not read "
+            f"(it reads {' '.join(EXTENSIONS)}; convert them to PNG or JPEG)"
+        )
+    if reasons:
+        unused = len(split.loose) + len(split.unused)
+        notes.append(f"{name}/: {unused} image file(s) not used: {'; '.join(reasons)}")
+    return notes
+
+
+def is_nfc(name: str) -> bool:
+    return unicodedata.normalize("NFC", name) == name
+
+
+def resized_size(size: tuple[int, int], transform) -> tuple[int, int]:
+    """(width, height) of an image of this (width, height) after the transform's resize, computed
+    as torchvision's Resize does (its _compute_resized_output_size): a single size is the short
+    side's, the long side keeping the aspect ratio; the size itself where the transform has no
+    resize. Finds the resize of a Compose and of the weights' preset (resize_size)."""
+    steps = getattr(transform, "transforms", [transform])
+    for step in steps:
+        target, max_size = getattr(step, "resize_size", None), None
+        if isinstance(step, Resize):
+            target, max_size = step.size, step.max_size
+        if target is None:
+            continue
+        if isinstance(target, int):
+            target = [target]
+        height, width = _compute_resized_output_size((size[1], size[0]), list(target), max_size)
+        return width, height
+    return size
+
+
+def check_resized_sizes(facts: dict[str, tuple[tuple[int, int], bytes]], transform) -> None:
+    """Refuse an image whose resize to the model's input (resized_size) would be over Pillow's
+    decompression-bomb limit, Image.MAX_IMAGE_PIXELS (89,478,485 pixels, 268 MB as 8-bit RGB,
+    the size Pillow itself takes for an attack): a strip of 2x40,000 pixels resizes on its short
+    side to 256x5,120,000 (3.9 GB) and runs out of memory.
+
+    Errors: InputError naming the first such file, its size and its size after resizing.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:  # the user lifted Pillow's limit
+        return
+    for path, (size, _) in facts.items():
+        width, height = resized_size(size, transform)
+        if width * height > limit:
+            raise InputError(
+                f"the image {path} is {size[0]}x{size[1]} pixels, which the model's preprocessing "
+                f"resizes to {width}x{height} before cropping, over Pillow's decompression-bomb "
+                f"limit of {limit:,} pixels; crop it nearer to square, or delete it"
+            )
+
+
+def copies_note(first: str, first_facts: dict, second: str, second_facts: dict) -> str | None:
+    """A line saying how many files of the second split are byte-for-byte copies of files of the
+    first (same digest, a different file: links are said apart); None when there are none."""
+    originals = {digest: path for path, (_, digest) in first_facts.items()}
+    copies = []
+    for path, (_, digest) in second_facts.items():
+        original = originals.get(digest)
+        if original is not None and file_id(original) != file_id(path):
+            copies.append((path, original))
+    if not copies:
+        return None
+    path, original = copies[0]
+    return (
+        f"note: {len(copies)} file(s) of {second}/ are byte-for-byte copies of files in {first}/, "
+        f"such as {path} (a copy of {original}); {second}/ is not unseen data: delete the copies "
+        f"from one of them"
+    )

@@ -11,6 +11,7 @@ import torchvision
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
 
@@ -51,17 +52,21 @@ def image_folder_splits(data_dir: Path, transform) -> tuple[Dataset, Dataset, Da
     Errors: InputError for what image_folders or validation_from_train refuses.
     """
     found = image_folders(data_dir, transform)
-    info = DataInfo(len(found["train"].classes), str(data_dir), "val/", "test/")
+    val_folder = "val/"
+    if "val" in found:  # or valid/, validation/ (split_folder)
+        val_folder = f"{Path(found['val'].root).name}/"
+    info = DataInfo(len(found["train"].classes), str(data_dir), val_folder, "test/")
     if "val" in found and "test" in found:
         return found["train"], found["val"], found["test"], info
+    test = "test"
     if "test" not in found:
-        info.test_split = "val/"
+        info.test_split, test = val_folder, "val"
     train, val = validation_from_train(found["train"])
     info.val_split = (
         f"a seeded 10% of each class of train/ ({len(val)} of {len(found['train'])} images)"
     )
     print_once(f"Validation: {info.val_split} | test: {info.test_split}")
-    return train, val, found[info.test_split.rstrip("/")], info
+    return train, val, found[test], info
 
 
 def validation_from_train(train: ImageFolder) -> tuple[Subset, Subset]:
@@ -211,6 +216,40 @@ def evaluation_sampler(dataset: Dataset) -> UnrepeatedDistributedSampler | None:
     if world_size() == 1:
         return None
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
+IMBALANCE_RATIO = 4  # largest class / smallest: a binary set's minority at 20%, where Google's
+# Machine Learning Crash Course ("Imbalanced datasets") begins "moderate" imbalance (1% to 20%)
+
+
+def class_accuracies(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict:
+    """Per-class accuracy (recall) and balanced accuracy of (N,) predicted and true class indices,
+    and whether the classes of targets are imbalanced (imbalanced):
+
+    {"class_counts": [int] * num_classes, "imbalanced": bool, "per_class_acc": [float or None],
+    "balanced_acc": float}. A class absent from targets has no accuracy (None) and is left out of
+    the balanced accuracy, the mean of the others (scikit-learn's balanced_accuracy_score).
+    On several processes, gather predictions and targets first: this counts what it is given.
+    """
+    counts = torch.bincount(targets, minlength=num_classes)
+    per_class = multiclass_accuracy(predictions, targets, num_classes, average="none")
+    present = counts > 0
+    return {
+        "class_counts": counts.tolist(),
+        "imbalanced": imbalanced(counts.tolist()),
+        "per_class_acc": [
+            acc if seen else None
+            for acc, seen in zip(per_class.tolist(), present.tolist(), strict=True)
+        ],
+        "balanced_acc": per_class[present].mean().item(),
+    }
+
+
+def imbalanced(class_counts: list[int]) -> bool:
+    """Whether the largest class holds at least IMBALANCE_RATIO times the images of the smallest
+    (classes with no image left out): there plain accuracy rewards answering the large class."""
+    held = [count for count in class_counts if count > 0]
+    return len(held) > 1 and max(held) >= IMBALANCE_RATIO * min(held)
 
 
 @torch.inference_mode()

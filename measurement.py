@@ -8,7 +8,23 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.throughput import Throughput, measure_flops
 
-from hardware import datasheet_peak_flops, device_name, peak_memory, reset_peak_memory, versions
+from hardware import (
+    check_compiler,
+    datasheet_peak_flops,
+    device_name,
+    peak_memory,
+    reset_peak_memory,
+    versions,
+)
+from matmul_ceiling import (
+    Peak,
+    ceilings_record,
+    ceilings_text,
+    measure_ceilings,
+    mfu_peaks,
+    mfu_text,
+    slow_half_note,
+)
 from model_weights import get_model
 from processes import print_once, rank, world_size
 from run_record import append_record
@@ -26,8 +42,8 @@ class Measurement:
     StepTimer the training loop tells when steps start and end. The other values are what the
     record keeps beside the measurements: the model's name (its FLOPs are counted from it), the
     epochs, the batch size per device, the warm-up steps before the steady state, the learning
-    rate and the seed (recorded_flags), and the data (get_dataloaders' DataInfo: the class count,
-    the source and where validation and test came from).
+    rate, the seed and the --save file (recorded_flags), and the data (get_dataloaders' DataInfo:
+    the class count, the source and where validation and test came from).
     """
 
     def __init__(
@@ -42,6 +58,7 @@ class Measurement:
         warmup_steps: int,
         learning_rate: float,
         seed: int,
+        save: str | None = None,
         num_classes: int,
         source: str,
         val_split: str,
@@ -62,6 +79,7 @@ class Measurement:
             warmup_steps=warmup_steps,
             learning_rate=learning_rate,
             seed=seed,
+            save=save,
             matmul_precision=self.matmul_precision,
         )
         self.timer = StepTimer(device, steps_per_epoch, epochs, batch_size, warmup_steps)
@@ -70,6 +88,13 @@ class Measurement:
         self.precision_in_effect: str | None = None
         self.model: torch.nn.Module | None = None
         self.initial_weights: dict[str, torch.Tensor] | None = None
+        # the device's matmul ceilings, measured before the memory baseline: the probe's tensors
+        # are freed by then
+        self.ceilings = measure_ceilings(device, precision)
+        print_once(f"Matmul ceilings (measured now, F.linear): {ceilings_text(self.ceilings)}")
+        note = slow_half_note(self.ceilings, precision, device)
+        if note:
+            print_once(note)
         self.memory_baseline = reset_peak_memory(device)
 
     def watch(self, model: torch.nn.Module, track_updates: bool) -> None:
@@ -79,7 +104,10 @@ class Measurement:
 
         The precision in effect is named from the head's weight dtype and matmul output dtype:
         float32 weights with 16-bit matmul outputs are "mixed".
+        Errors: MissingCompiler for a compiled model that this machine cannot compile
+        (check_compiler).
         """
+        check_compiler(model, self.device)  # a compiled model: before its first step compiles
         self.model = model
         if track_updates:
             self.initial_weights = {
@@ -111,14 +139,19 @@ class Measurement:
                 f"Precision in effect: {in_effect}{why} | weights {dtype_name(self.weight_dtype)}, "
                 f"matmul outputs {dtype_name(self.matmul_dtype)}"
             )
+            if any(type(layer).__name__ == "Float8Linear" for layer in model.modules()):  # 04d
+                from float8_training import describe_float8_layers, float8_layers  # loads torchao
+
+                print_once(describe_float8_layers(float8_layers(getattr(model, "module", model))))
 
         head_hook = model.heads.head.register_forward_hook(note)
         model_hook = model.register_forward_hook(announce)
 
-    def peak_flops(self) -> float | None:
-        """The device's peak FLOP/s for matmuls in the dtype in effect, which MFU divides by:
-        the datasheet's for known GPUs; None where no figure is known (CPUs)."""
-        return datasheet_peak_flops(self.device, self.matmul_dtype, self.matmul_precision)
+    def peaks(self) -> list[Peak]:
+        """What MFU divides by, for matmuls in the dtype in effect: the datasheet's dense peak
+        (known GPUs), then the matmul ceiling measured at start; the record's MFU uses the first."""
+        datasheet = datasheet_peak_flops(self.device, self.matmul_dtype, self.matmul_precision)
+        return mfu_peaks(datasheet, self.matmul_dtype, self.matmul_precision, self.ceilings)
 
     def report(
         self,
@@ -138,7 +171,11 @@ class Measurement:
         if diverged_at:
             accuracy = dict.fromkeys(accuracy, math.nan)
         flops = flops_per_image(self.model_name, self.num_classes)
-        steady = steady_state(timer, flops, self.peak_flops())
+        peaks = self.peaks()
+        peak = None
+        if peaks:
+            peak = peaks[0].flops_per_s
+        steady = steady_state(timer, flops, peak)
         first_step = None
         if timer.step_times:
             first_step = timer.step_times[0]
@@ -148,9 +185,7 @@ class Measurement:
             line += f" | First step: {first_step:.2f} s"
         if steady["images_per_s"]:
             plural = "s" * (timer.steady_steps != 1)
-            mfu = f"none (no datasheet peak FLOP/s for this {self.device.type.upper()})"
-            if steady["mfu"]:
-                mfu = f"{steady['mfu']:.1%}"
+            mfu = mfu_text(steady["flops_per_s"], peaks, self.device)
             line += (
                 f" | Steady state: {speed(steady['images_per_s'], steady['seconds_per_step'])} "
                 f"over {timer.steady_steps} step{plural}, {steady['data_wait_share']:.1%} of their "
@@ -189,6 +224,7 @@ class Measurement:
             diverged=diverged_at is not None,
             diverged_at=diverged_at,
             changed_share=changed,
+            **ceilings_record(self.ceilings, peaks),
             versions=versions(),
         )
         if results and rank() == 0:
@@ -225,7 +261,9 @@ def steady_state(timer: StepTimer, flops: int, peak: float | None) -> dict:
     `flops` is per image, `peak` the device's FLOP/s. All None when no step finished after
     warm-up (a run that diverged at once).
     """
-    numbers = dict(images_per_s=None, seconds_per_step=None, data_wait_share=None, mfu=None)
+    numbers = dict(
+        images_per_s=None, seconds_per_step=None, data_wait_share=None, mfu=None, flops_per_s=None
+    )
     if timer.steady_time == 0:
         return numbers
     throughput = Throughput(available_flops=peak, world_size=world_size(), window_size=2)
@@ -237,6 +275,7 @@ def steady_state(timer: StepTimer, flops: int, peak: float | None) -> dict:
     metrics = throughput.compute()
     numbers["images_per_s"] = metrics.get("samples_per_sec", metrics["device/samples_per_sec"])
     numbers["mfu"] = metrics.get("device/mfu")
+    numbers["flops_per_s"] = metrics["device/flops_per_sec"]  # one device's
     numbers["seconds_per_step"] = timer.steady_time / timer.steady_steps
     numbers["data_wait_share"] = timer.steady_data_wait / timer.steady_time
     return numbers

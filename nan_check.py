@@ -20,21 +20,35 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     return bool(finite.item())
 
 
-def divergence_message(diverged_at: str, weight_dtype: torch.dtype | None) -> str:
-    """'error: training diverged: <where>; <what to do>', the advice following the weight dtype."""
-    return f"error: training diverged: {diverged_at}; {divergence_advice(weight_dtype)}"
+def divergence_message(diverged_at: str, precision_in_effect: str | None) -> str:
+    """'error: training diverged: <where>; <what to do>', the advice following the precision in
+    effect ("16-true", "16-mixed", ...: Measurement.precision_in_effect)."""
+    return f"error: training diverged: {diverged_at}; {divergence_advice(precision_in_effect)}"
 
 
-def divergence_advice(weight_dtype: torch.dtype | None) -> str:
-    """What to do after a divergence: a lower learning rate, unless the weights are float16."""
-    if weight_dtype == torch.float16:
+def divergence_advice(precision_in_effect: str | None) -> str:
+    """What to do after a divergence, for the precision in effect.
+
+    float16 is the only format here with a narrow range (largest value 65,504, smallest subnormal
+    2^-24: torch.finfo(torch.float16)); bfloat16 has float32's 8 exponent bits (largest 3.4e38).
+    With float16 weights (16-true) Adam's squared-gradient average underflows and the weights can
+    overflow (docs/why_16true_diverges.md); with float32 weights under float16 autocast (16-mixed
+    on a GPU) the matmul outputs are float16 and can overflow, whatever the weights.
+    """
+    if precision_in_effect == "16-true":
         return (
-            "use bf16-true (04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with "
-            "float16 weights an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)"
+            "float16 weights and Adam state are the likely cause: use bf16-true "
+            "(04_fabric_bf16true.py) or 16-mixed (02_fabric_16mixed.py), or with float16 weights "
+            "an Adam eps that float16 can hold (03b_fabric_16true_adam_eps.py)"
+        )
+    if precision_in_effect == "16-mixed":
+        return (
+            "autocast's float16 matmul outputs overflow above 65,504 whatever the weights: use "
+            "bf16-mixed (05_fabric_bf16mixed.py), or lower --learning-rate"
         )
     return (
-        "lower --learning-rate (the weights are not float16, so float16's narrow range is not "
-        "the cause)"
+        "lower --learning-rate (bfloat16 and float32 reach 3.4e38, so the format's range is not "
+        "the likely cause)"
     )
 
 

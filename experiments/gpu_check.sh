@@ -3,6 +3,7 @@
 # benchmark runner's speed-and-memory mode for vit_l_16 at 224 (generated data, no download, batch 32
 # as in the reference) with every script, plus the "highest" float32 line. Everything lands in $OUT: run.log,
 # ceiling.json and the runner's results.{jsonl,md,png} in medium/ and highest/ (8 files).
+# 04d runs its MLP matmuls in float8, whose peak is twice bf16's: its MFU below is against the bf16 ceiling.
 # 04c compiles the model in its first step (a minute or more, outside the steady state after the warm-up
 # steps) and again for the evaluation: the runner shows that first step apart (docs/compile.md).
 #   usage: OUT=/some/folder bash experiments/gpu_check.sh
@@ -15,8 +16,10 @@ fi
 export OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# The GPU machine's stack lacks torch-optimi (04b's Kahan-summation Adam) and nothing can be installed there: carry
-# its pure-Python wheel (pip download --no-deps -d .whl torch-optimi) and import it from the zip on PYTHONPATH.
+# The GPU machine's stack lacks torch-optimi (04b's Kahan-summation Adam) and torchao (04d's float8 training), and
+# nothing can be installed there: carry their wheels (pip download --no-deps -d .whl torch-optimi torchao==0.18.0)
+# and import them from the zips on PYTHONPATH. torchao's compiled kernels do not load from a zip; its float8
+# training needs none of them (torch._scaled_mm does the matmuls). 04d needs torch >= 2.11 and refuses otherwise.
 export PYTHONPATH="$(ls -d "$PWD"/.whl/*.whl 2>/dev/null | paste -sd: -)${PYTHONPATH:+:$PYTHONPATH}"
 steps=${STEPS:-30}
 {

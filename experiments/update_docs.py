@@ -12,6 +12,7 @@ A block is a pair of HTML comments around text that this script writes, never a 
 
 Run: python experiments/update_docs.py            (files, diffs and tables: seconds)
      python experiments/update_docs.py --run      (also reruns every output block: minutes)
+     python experiments/update_docs.py --run --only 04_fabric   (those whose command holds it)
 Commands run from the repository root through bash, so a block may end in `| tail -n 5`.
 tests/test_docs.py checks that every file, diff and table block matches what this script would
 write.
@@ -45,28 +46,29 @@ def printed(command: str) -> str:
     return (result.stdout + result.stderr).rstrip() + "\n"
 
 
-def expected(kind: str, argument: str, current: str, run: bool) -> str:
-    """The text a block should hold; an output block keeps its text unless `run`."""
+def expected(kind: str, argument: str, current: str, run: bool, only: str = "") -> str:
+    """The text a block should hold; an output block keeps its text unless `run` and its command
+    holds `only`."""
     if kind == "file":
         return (REPO / argument).read_text().rstrip() + "\n"
     if kind == "diff":
         return diff_block(argument)
     if kind == "table":
         return printed(f"{sys.executable} experiments/results_table.py {argument}")
-    if not run:
+    if not run or only not in argument:
         return current
     if kind == "markdown":
         return printed(argument)
     return f"```text\n$ {argument}\n{printed(argument)}```\n"
 
 
-def update(path: Path, run: bool) -> bool:
+def update(path: Path, run: bool, only: str = "") -> bool:
     """Rewrite the blocks of one document; True if its text changed."""
     text = path.read_text()
 
     def fill(match: re.Match) -> str:
         kind, argument, current = match.groups()
-        new = expected(kind, argument, current, run)
+        new = expected(kind, argument, current, run, only)
         return f"<!-- {kind}: {argument} -->\n{new}<!-- end -->"
 
     new_text = BLOCK.sub(fill, text)
@@ -78,9 +80,10 @@ def update(path: Path, run: bool) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="rerun the commands of output blocks")
+    parser.add_argument("--only", default="", metavar="TEXT", help="with --run: commands with TEXT")
     args = parser.parse_args()
     for path in documents():
-        if update(path, args.run):
+        if update(path, args.run, args.only):
             print(f"updated {path.relative_to(REPO)}")
 
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ COPY_THIS = [
     "hardware.py",
     "image_files.py",
     "local_utilities.py",
+    "matmul_ceiling.py",
     "measurement.py",
     "model_weights.py",
     "nan_check.py",
@@ -44,9 +46,11 @@ COPY_THIS = [
 ]
 sys.path.insert(0, str(ROOT))
 
+import measurement as measurement_module  # noqa: E402
 from errors import InputError  # noqa: E402
 from flags import parse_args  # noqa: E402
 from local_utilities import get_dataloaders  # noqa: E402
+from matmul_ceiling import Ceiling  # noqa: E402
 from measurement import Measurement  # noqa: E402
 from model_weights import model_weights  # noqa: E402
 
@@ -68,6 +72,7 @@ RECORD_SCHEMA = {
     "warmup_steps": int,
     "learning_rate": float,
     "seed": int,
+    "save": (str, type(None)),
     "matmul_precision": str,
     "steps": int,
     "train_images": int,
@@ -77,6 +82,7 @@ RECORD_SCHEMA = {
     "seconds_per_step": (float, type(None)),
     "data_wait_share": (float, type(None)),
     "mfu": (float, type(None)),
+    "flops_per_s": (float, type(None)),
     "flops_per_image": int,
     "peak_memory_gb": float,
     "memory_measure": str,
@@ -88,6 +94,8 @@ RECORD_SCHEMA = {
     "diverged": bool,
     "diverged_at": (str, type(None)),
     "changed_share": (dict, type(None)),
+    "matmul_ceilings": dict,
+    "mfu_peak": dict,
     "versions": dict,
 }
 
@@ -103,23 +111,35 @@ def schema_problems(record):
     return problems
 
 
-def measured(precision, device, batch_size=32):
-    """A Measurement of --quick's small model on generated data: 3 epochs of 5 steps."""
-    return Measurement(
-        precision,
-        device,
-        5,
-        model="vit_tiny_32",
-        epochs=3,
-        batch_size=batch_size,
-        warmup_steps=5,
-        learning_rate=1e-3,
-        seed=123,
-        num_classes=10,
-        source="generated",
-        val_split="validation split",
-        test_split="test split",
-    )
+# matmul ceilings as a CPU without bfloat16 units measures them: bfloat16 at a tenth of float32
+SLOW_BF16_CEILINGS = {
+    torch.float32: Ceiling(flops_per_s=1e10, size=1024),
+    torch.bfloat16: Ceiling(flops_per_s=1e9, size=256),
+    torch.float16: Ceiling(flops_per_s=1e9, size=256),
+}
+
+
+def measured(precision, device, batch_size=32, ceilings=None):
+    """A Measurement of --quick's small model on generated data: 3 epochs of 5 steps, with these
+    matmul ceilings (default SLOW_BF16_CEILINGS) in place of the probe's."""
+    if ceilings is None:
+        ceilings = SLOW_BF16_CEILINGS
+    with mock.patch.object(measurement_module, "measure_ceilings", return_value=ceilings):
+        return Measurement(
+            precision,
+            device,
+            5,
+            model="vit_tiny_32",
+            epochs=3,
+            batch_size=batch_size,
+            warmup_steps=5,
+            learning_rate=1e-3,
+            seed=123,
+            num_classes=10,
+            source="generated",
+            val_split="validation split",
+            test_split="test split",
+        )
 
 
 def dataloaders(argv):

@@ -1,6 +1,8 @@
 """benchmark.py: tables, chart and ratios from records, settings kept apart, crashes, refusals,
 Ctrl-C, and one real run of two scripts over two seeds."""
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -405,7 +407,7 @@ def test_an_unreadable_line_in_the_middle_is_named_and_the_rest_tabulated(tmp_pa
 
 FAKE_SCRIPT = """import json, os, sys, time
 results = sys.argv[sys.argv.index("--results") + 1]
-print("fake script output", flush=True)
+print(f"fake script output (pid {{os.getpid()}})", flush=True)
 if {sleep}:
     try:
         time.sleep({sleep})
@@ -622,3 +624,85 @@ def test_end_to_end_quick_run_over_two_seeds(tmp_path):
     assert rows[0]["SD over seeds (points)"] != "–" and rows[0]["Min–max over seeds (%)"] != "–"
     assert rows[0]["First step (s)"] != "–"
     assert (out / "results.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_the_mfu_column_says_which_peak_each_script_is_held_against():
+    fp32 = {"flops_per_s": 1e11, "label": "of the measured fp32 matmul ceiling"}
+    bf16 = {"flops_per_s": 5e9, "label": "of the measured bf16 matmul ceiling"}
+    rows = [
+        record("01_fabric_baseline.py", mfu_peak=fp32),
+        record("04_fabric_bf16true.py", mfu_peak=bf16),
+        record("04b_fabric_bf16true_kahan.py", mfu_peak=bf16),
+        record("03_fabric_16true.py", mfu=None, mfu_peak=fp32),  # diverged: no MFU
+    ]
+    assert benchmark.mfu_note(rows) == (
+        "MFU: the model's FLOP/s per device of the measured fp32 matmul ceiling for 01; "
+        "of the measured bf16 matmul ceiling for 04, 04b."
+    )
+    assert benchmark.mfu_note([record("01_fabric_baseline.py")]) is None  # older records
+
+
+def test_sigterm_stops_the_runner_and_its_script_keeps_the_records_and_says_so_in_one_line(
+    tmp_path,
+):
+    """SIGTERM (`kill`, `docker stop`, a scheduler) reaches the runner alone: it passes it on."""
+    script, out = fake_script(tmp_path, "slow.py", sleep=30), tmp_path / "out"
+    command = [sys.executable, str(ROOT / "benchmark.py"), "--scripts", str(script)]
+    process = subprocess.Popen(
+        command + ["--out", str(out)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:  # wait until the script runs
+        if "fake script output" in line:
+            script_pid = int(line.split("pid ")[1].rstrip(")\n"))
+            break
+    process.send_signal(signal.SIGTERM)  # to the runner alone, as `kill` and `docker stop` do
+    try:
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130
+        results = (out / "results.jsonl").resolve()
+        assert err.strip() == f"interrupted during slow.py; 0 record(s) kept in {results}"
+        with pytest.raises(ProcessLookupError):  # stopped and waited for: gone
+            os.kill(script_pid, 0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        with contextlib.suppress(ProcessLookupError):  # left running by a runner that failed
+            os.kill(script_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("seeds, wrong", [(["3", "-1"], "-1"), (["4294967296"], "4294967296")])
+def test_seeds_outside_what_seed_everything_takes_are_refused(tmp_path, capsys, seeds, wrong):
+    with pytest.raises(SystemExit, match="2"):
+        benchmark.main(["--seeds", *seeds, "--out", str(tmp_path / "out")])
+    refusal = capsys.readouterr().err.splitlines()[-1]
+    assert refusal.endswith(
+        f"error: --seeds: a seed is a whole number from 0 to 4294967295; got {wrong}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_runner_takes_the_seeds_the_scripts_take():
+    from lightning.fabric.utilities.seed import max_seed_value  # the runner itself needs no torch
+
+    assert max_seed_value == benchmark.MAX_SEED
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_in_one_sentence(
+    tmp_path, monkeypatch, capsys
+):
+    """As from a read-only checkout, where the default --out, ./results, cannot be made."""
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(benchmark.Path, "mkdir", read_only)
+    monkeypatch.chdir(tmp_path)
+    assert benchmark.main(["--scripts", "01", "--quick"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write to --out results ({tmp_path}/results: Read-only file system); "
+        "name a folder you can write, e.g. --out ~/vit_results\n"
+    )

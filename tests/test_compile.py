@@ -17,8 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import measured
+import torch.utils._triton
+from conftest import measured, refusal_in_process
 
+import hardware
 from measurement import changed_shares
 from model_weights import vit_tiny_32
 from nan_check import all_finite, first_nonfinite
@@ -223,3 +225,48 @@ def ddp_reports(compiled):
     with torch._dynamo.config.patch(error_on_recompile=True):
         diagnosis = first_nonfinite(model, features, step=3)
     return measurement.precision_in_effect, names, diagnosis, round(checksum, 2)
+
+
+WITHOUT = "or train without torch.compile (04_fabric_bf16true.py is 04c without it)"
+
+
+def test_04c_without_a_cpp_compiler_stops_before_training_with_one_sentence(monkeypatch, capsys):
+    """torch's own search for a C++ compiler, pointed at one that is not there, as on a machine
+    without g++ (CXX is read when inductor's config is imported: the config is set instead)."""
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "no-such-g++"))
+    returncode, stderr = refusal_in_process(SCRIPT_04C, "--quick", "--max-steps", "2")
+    assert returncode == 1  # 04c's own problem: the runner goes on with the other scripts
+    assert stderr.splitlines() == [
+        "error: torch.compile builds C++ kernels for a CPU, and no C++ compiler works here (No "
+        "working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'no-such-g++')); "
+        f"install one (apt install g++, or set CXX to one), {WITHOUT}"
+    ]
+    assert "Epoch: " not in capsys.readouterr().out  # before the first step
+
+
+@pytest.mark.parametrize(
+    "triton, compilers, message",
+    [
+        (False, {}, "builds GPU kernels with triton, which is not installed or does not support"),
+        (True, {}, "triton, which needs a C compiler, and none is here (no $CC, no gcc or clang"),
+        (True, {"gcc": "/usr/bin/gcc"}, None),
+        (True, {"CC": "/opt/cc"}, None),
+    ],
+)
+def test_a_compiled_model_on_a_gpu_needs_triton_and_a_c_compiler(
+    monkeypatch, triton, compilers, message
+):
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: triton)
+    monkeypatch.setattr(hardware.shutil, "which", compilers.get)
+    monkeypatch.delenv("CC", raising=False)
+    if "CC" in compilers:
+        monkeypatch.setenv("CC", compilers["CC"])
+    compiled = torch.compile(vit_tiny_32())  # compiles at its first call: never here
+    if message is None:
+        hardware.check_compiler(compiled, torch.device("cuda"))
+        return
+    with pytest.raises(hardware.MissingCompiler, match=re.escape(message)):
+        hardware.check_compiler(compiled, torch.device("cuda"))
+    uncompiled = vit_tiny_32()
+    hardware.check_compiler(uncompiled, torch.device("cuda"))  # needs nothing
+    hardware.check_compiler(torch.compile(uncompiled, backend="eager"), torch.device("cuda"))

@@ -100,8 +100,30 @@ def test_nonfinite_check_changes_no_result_of_a_finite_run(monkeypatch, script):
     assert all(torch.equal(a, b) for a, b in zip(with_check, without_check, strict=True))
 
 
-def test_divergence_advice_follows_the_weights_dtype():
-    assert "03b_fabric_16true_adam_eps.py" in divergence_advice(torch.float16)
-    for dtype in (torch.float32, torch.bfloat16):
-        advice = divergence_advice(dtype)
+def test_divergence_advice_follows_the_precision_in_effect():
+    assert "03b_fabric_16true_adam_eps.py" in divergence_advice("16-true")
+    assert "bf16-mixed (05_fabric_bf16mixed.py)" in divergence_advice("16-mixed")
+    for precision in ("32-true", "bf16-true", "bf16-mixed", None):
+        advice = divergence_advice(precision)
         assert advice.startswith("lower --learning-rate") and "bf16-true" not in advice
+
+
+def test_the_ranges_the_advice_names_are_the_formats_own():
+    assert torch.finfo(torch.float16).max == 65504
+    assert f"{torch.finfo(torch.bfloat16).max:.1e}" == f"{torch.finfo(torch.float32).max:.1e}"
+    assert f"{torch.finfo(torch.bfloat16).max:.1e}" == "3.4e+38"
+
+
+def test_float16_autocast_overflows_with_float32_weights():
+    """16-mixed's case: the weights are float32, yet a float16 matmul output overflows to inf and
+    the loss is NaN; bf16 autocast, with float32's range, keeps the same product finite."""
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(300.0)
+    features = torch.full((1, 2), 300.0)  # 2 x 300 x 300 = 180,000 > 65,504
+    with torch.autocast("cpu", dtype=torch.float16):
+        output = layer(features)
+    assert layer.weight.dtype == torch.float32 and output.dtype == torch.float16
+    assert torch.isinf(output).all() and torch.isnan(output - output).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(layer(features)).all()

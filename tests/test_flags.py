@@ -3,6 +3,7 @@
 import math
 import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 from conftest import dataloaders
@@ -154,3 +155,50 @@ def test_default_loader_workers_follow_the_cpus_a_container_allows(
     assert (
         parse_args(["--data-dir", str(tmp_path), "--devices", str(devices)]).num_workers == workers
     )
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_that_seed_everything_cannot_take_is_refused(capsys, seed):
+    """Lightning 2.5+ raises on it, and 2.4 trained as seed 0 while the record kept the seed."""
+    assert refusal(["--quick", "--seed", seed], capsys).endswith(
+        f"error: --seed: must be a whole number from 0 to 4294967295, got {seed}"
+    )
+    assert parse_args(["--quick", "--seed", "4294967295"]).seed == 4294967295
+
+
+def test_save_paths_that_can_never_be_written_are_refused_before_training(tmp_path, capsys):
+    (tmp_path / "somefile.txt").write_text("a file\n")
+    assert refusal(["--quick", "--save-every-epoch"], capsys).endswith(
+        "error: --save-every-epoch saves to the file --save names; add --save FILE"
+    )
+    assert refusal(["--quick", "--save", str(tmp_path)], capsys).endswith(
+        f"error: --save {tmp_path} is not a file (a folder or a device); name a file"
+    )
+    blocked = tmp_path / "somefile.txt" / "model.pt"
+    assert refusal(["--quick", "--save", str(blocked)], capsys).endswith(
+        f"error: --save {blocked} cannot be written: {tmp_path}/somefile.txt is not a writable "
+        "folder"
+    )
+    assert parse_args(["--quick", "--save", str(tmp_path / "new" / "model.pt")]).save
+
+
+def docker_default_shm(path):
+    """os.statvfs of a /dev/shm as Docker makes it unless told more: 64 MiB, all free."""
+    return SimpleNamespace(f_bavail=64 * 2**20 // 4096, f_frsize=4096)
+
+
+def test_loader_workers_that_would_outgrow_a_small_dev_shm_are_refused_with_both_fixes(
+    capsys, monkeypatch
+):
+    monkeypatch.setattr(flags.os, "statvfs", docker_default_shm)
+    # a batch: 32 x (3 x 224 x 224 float32 + one int64 label) = 19,267,840 bytes = 18.4 MiB
+    assert refusal(["--synthetic", "--num-workers", "2"], capsys).endswith(
+        "error: --num-workers 2: the loader workers need about 110 MiB of shared memory "
+        "(1 x (2 x 2 + 2) batches of 18.4 MiB), but /dev/shm has 64 MiB free; give the "
+        "container more (docker run --shm-size=1g), or load the data in the training process "
+        "with --num-workers 0"
+    )
+    assert parse_args(["--synthetic", "--num-workers", "0"]).num_workers == 0
+    half = ["--synthetic", "--num-workers", "1", "--batch-size", "16"]
+    assert parse_args(half).num_workers == 1  # (1 x 2 + 2) x 9.2 MiB: fits
+    assert parse_args(["--quick", "--num-workers", "8"]).num_workers == 8  # 32x32 images

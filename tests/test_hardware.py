@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import ROOT
 
-import hardware
 from hardware import PrecisionUnavailable, datasheet_peak_flops, print_setup
 
 
@@ -23,41 +22,15 @@ def test_bf16_on_a_gpu_without_native_bf16_is_refused(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    "flags, precision, noted",
-    [
-        ("fpu sse2 avx avx2 fma", "bf16-true", True),  # AVX2 only: bfloat16 is emulated
-        ("fpu sse2 avx avx2 fma", "16-mixed", True),  # runs as bf16-mixed on a CPU
-        ("fpu sse2 avx avx2 fma", "16-true", True),
-        ("fpu sse2 avx avx2 fma", "32-true", False),
-        ("avx2 avx512f avx512_bf16", "bf16-true", False),  # AMD Zen 4, Intel Cooper Lake and newer
-        ("avx2 amx_tile amx_bf16", "bf16-mixed", False),  # Intel Sapphire Rapids
-        ("avx2 amx_tile amx_bf16", "16-true", True),  # no float16 matrix units on it
-        ("fp asimd fphp asimdhp bf16", "bf16-true", False),  # Arm with the BF16 extension
-    ],
-)
-def test_cpu_without_16bit_matrix_units_gets_a_note_at_start(
-    monkeypatch, capsys, tmp_path, flags, precision, noted
-):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(hardware, "CPUINFO_PATH", cpuinfo)
-    print_setup(precision, torch.device("cpu"), "vit_tiny_32")
-    out = capsys.readouterr().out
-    assert (
-        "Note: this CPU has no" in out
-        and f"so {precision} is emulated and slower than 32-true here" in out
-    ) == noted
-
-
-@pytest.mark.parametrize(
     "name, dtype, matmul_precision, flops",
     [
-        # Lightning 2.6 finds no peak for this name
+        # Lightning 2.6 finds no peak for this name (its H200 keys are "h200 sxm1", "h200 nvl1")
         ("NVIDIA H200", torch.bfloat16, "medium", 989e12),
         ("NVIDIA H200", torch.float16, "medium", 989e12),
         ("NVIDIA H200", torch.float32, "medium", 494e12),  # TF32
         ("NVIDIA H200", torch.float32, "highest", 67e12),
-        ("NVIDIA H100 80GB HBM3", torch.bfloat16, "high", 989e12),  # the H100 SXM
+        ("NVIDIA H200 NVL", torch.bfloat16, "medium", 835e12),
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, "high", 989.4e12),  # the H100 SXM: Lightning's
         ("NVIDIA A100-SXM4-80GB", torch.bfloat16, "medium", 312e12),  # from Lightning's table
     ],
 )

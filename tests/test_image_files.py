@@ -4,16 +4,21 @@ folder and file is counted once however many links lead to it, and every file th
 read is named in one sentence, before training where a check can find it."""
 
 import colorsys
+import errno
 import io
 import os
 import shutil
+import stat
 import struct
+import unicodedata
 import warnings
 import zlib
 
 import numpy as np
+import PIL
 import pytest
 import torch
+import torchvision
 from conftest import (
     dataloaders,
     exif_block,
@@ -25,9 +30,18 @@ from conftest import (
     write_image_tree,
 )
 from PIL import Image
+from torchvision import transforms
 
 import image_files
-from image_files import UnreadableImage, check_images, eight_bit_rgb, load_rgb
+from errors import InputError
+from image_files import (
+    UnreadableImage,
+    check_images,
+    eight_bit_rgb,
+    image_folders,
+    load_rgb,
+    resized_size,
+)
 
 RNG = np.random.default_rng(0)
 PICTURE = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # (H, W, RGB): what a viewer shows
@@ -502,7 +516,22 @@ FILES = {  # mode: a file in it, and what a viewer shows; every mode Pillow 13 o
 }
 
 
-@pytest.mark.parametrize("mode", FILES)
+PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13  # reads these TIFFs; 10.3 to 12.3 do not
+TIFFS_OF_PILLOW_13 = ("La (premultiplied)", "YCbCr")
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            mode,
+            marks=pytest.mark.skipif(
+                mode in TIFFS_OF_PILLOW_13 and not PILLOW_13, reason="Pillow reads it from 13 on"
+            ),
+        )
+        for mode in FILES
+    ],
+)
 def test_each_mode_loads_as_the_8bit_rgb_a_viewer_shows(tmp_path, mode):
     path, expected = FILES[mode](tmp_path)
     check_images(Samples(path))  # accepted before training
@@ -616,3 +645,140 @@ def test_tagged_phone_jpegs_and_float_tiffs_train_as_their_upright_8bit_copies_d
     assert "Warning" not in stderr  # no Pillow warning per loader worker
     # before: trained on the stored pixels and black TIFFs; tested on white 16-bit PNGs: 50%
     assert (records[-1]["val_acc"], records[-1]["test_acc"]) == (1.0, 1.0), stdout
+
+
+# ---------------------------------------------------------------- folders as users' tools leave it
+
+
+def refuse_unreadable_folders_as_for_a_user(monkeypatch):
+    """Tests run as root, whom permissions do not stop: there, os.scandir (which os.walk calls)
+    refuses a folder without read permission as the kernel refuses any other user."""
+    if os.geteuid() != 0:
+        return
+    scandir = os.scandir
+
+    def scandir_as_a_user(path="."):
+        if not os.stat(path).st_mode & stat.S_IRUSR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_as_a_user)
+
+
+@pytest.mark.parametrize("unreadable", ["train/cat/holiday", "train/dog", "test"])
+def test_a_folder_without_read_permission_is_refused_naming_it(tmp_path, monkeypatch, unreadable):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=4)
+    (tree / "train" / "cat" / "holiday").mkdir()
+    for index in range(8):  # before: 8 of 12 images of cat left out in silence
+        saved(Image.fromarray(PICTURE), tree / "train" / "cat" / "holiday", f"{index}.png")
+    folder = tree / unreadable
+    refuse_unreadable_folders_as_for_a_user(monkeypatch)
+    folder.chmod(0)
+    try:
+        with pytest.raises(InputError) as refused:
+            image_folders(tree, None)
+    finally:
+        folder.chmod(0o755)
+    assert str(refused.value) == (
+        f"--data-dir folder {folder} cannot be read (Permission denied), so its images would be "
+        f"left out; give read permission (chmod -R a+rX {folder}), or move it out of --data-dir"
+    )
+
+
+def test_an_image_too_thin_to_resize_is_refused_naming_it_and_its_resized_size(tmp_path):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    thin = saved(Image.new("L", (2, 40_000)), tree / "train" / "dog", "panorama.png")
+    preset = torchvision.models.get_model_weights("vit_b_16")["IMAGENET1K_V1"].transforms()
+    with pytest.raises(InputError) as refused:  # before: a MemoryError in the first batch
+        image_folders(tree, preset)
+    assert str(refused.value) == (
+        f"the image {thin} is 2x40000 pixels, which the model's preprocessing resizes to "
+        "256x5120000 before cropping, over Pillow's decompression-bomb limit of 89,478,485 "
+        "pixels; crop it nearer to square, or delete it"
+    )
+    image_folders(tree, transforms.Resize((32, 32)))  # --quick resizes to 32x32: no problem
+
+
+THIN_AND_WIDE = [(2, 3_000), (3_000, 2), (640, 480), (7, 7), (301, 1_000)]
+
+
+@pytest.mark.parametrize(
+    "resize, sizes",
+    [
+        (transforms.Resize(256), THIN_AND_WIDE),
+        (transforms.Resize((20, 30)), THIN_AND_WIDE),
+        (transforms.Resize(8, max_size=40), [(640, 480), (7, 7), (301, 1_000), (500, 900)]),
+    ],
+    ids=["short side", "height and width", "short side, long side at most"],
+)
+def test_resized_size_is_the_size_torchvision_resizes_to(resize, sizes):
+    pipeline = transforms.Compose([resize, transforms.ToTensor()])
+    for size in sizes:
+        assert resized_size(size, pipeline) == resize(Image.new("L", size)).size, size
+
+
+def test_class_folders_named_in_nfc_and_nfd_are_one_class_and_the_run_says_so(tmp_path, capsys):
+    composed = unicodedata.normalize("NFC", "café")
+    decomposed = unicodedata.normalize("NFD", "café")  # as macOS writes it
+    tree = write_image_tree(tmp_path / "images", classes=("dog",), per_class=2)
+    write_image_tree(tree, splits=("train",), classes=(composed,), per_class=2)
+    write_image_tree(tree, splits=("test",), classes=(decomposed,), per_class=3)
+    found = image_folders(tree, None)
+    assert found["test"].classes == found["train"].classes == [composed, "dog"]
+    assert found["test"].targets == [0, 0, 0, 1, 1]
+    assert (
+        "test/: 1 class folder name(s) such as 'cafe\\u0301' are written decomposed (Unicode NFD, "
+        "as macOS writes them); matched to the other splits in their composed form (NFC)"
+    ) in capsys.readouterr().out
+    write_image_tree(tree, splits=("test",), classes=(composed,), per_class=1)
+    with pytest.raises(InputError, match="are one name written in two Unicode forms"):
+        image_folders(tree, None)
+
+
+@pytest.mark.parametrize("name", ["valid", "validation"])
+def test_valid_and_validation_folders_are_the_validation_split(tmp_path, capsys, name):
+    tree = write_image_tree(tmp_path / "images", splits=("train", name), per_class=3)
+    _, _, test, info = dataloaders(["--quick", "--data-dir", str(tree), "--batch-size", "2"])
+    assert len(test.dataset) == 9 and info.test_split == f"{name}/"
+    assert f"{name}/ is the validation split (val/)" in capsys.readouterr().out
+    (tree / "val").mkdir()
+    with pytest.raises(InputError, match=f"has val/ and {name}/, each a validation split"):
+        image_folders(tree, None)
+
+
+def test_image_files_that_are_not_used_are_counted_and_said(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    cat = tree / "train" / "cat"
+    saved(Image.fromarray(PICTURE), cat, "photo.jfif", format="JPEG")  # read: JPEG
+    saved(Image.fromarray(PICTURE), cat, "anim.gif")  # read: its first frame
+    saved(Image.fromarray(PICTURE), cat, "icon.ico")  # Pillow opens it; not read
+    (cat / "IMG_0001.heic").write_bytes(b"\0\0\0\x18ftypheic")  # iPhone's; Pillow needs a plugin
+    (cat / "notes.txt").write_text("not an image, not said")
+    saved(Image.fromarray(PICTURE), tree / "train", "loose.png")
+    found = image_folders(tree, None)
+    assert len(found["train"]) == 6
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "not used" in line)
+    assert line.startswith(
+        f"train/: 3 image file(s) not used: 1 beside the class folders, such as "
+        f"{tree / 'train' / 'loose.png'} (move them into their class folder); 1 .heic, 1 .ico "
+        f"files, such as {cat / 'IMG_0001.heic'}, an ending this loader does not read (it reads "
+        ".jpg .jpeg .png"
+    )
+
+
+def test_byte_identical_copies_of_training_images_in_test_are_counted(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    for index in range(2):
+        shutil.copy(
+            tree / "train" / "cat" / f"{index}.png", tree / "test" / "dog" / f"c{index}.png"
+        )
+    (tree / "test" / "dog" / "link.png").symlink_to(tree / "train" / "dog" / "0.png")
+    image_folders(tree, None)
+    printed = capsys.readouterr().out
+    assert (
+        f"note: 2 file(s) of test/ are byte-for-byte copies of files in train/, such as "
+        f"{tree / 'test' / 'dog' / 'c0.png'} (a copy of {tree / 'train' / 'cat' / '0.png'}); "
+        "test/ is not unseen data: delete the copies from one of them"
+    ) in printed
+    assert "1 file(s) of test/ are also in train/ (links to the same file)" in printed

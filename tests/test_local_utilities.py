@@ -8,7 +8,7 @@ import torch
 from conftest import FixedLogits, dataloaders, refusal, write_image_tree
 
 import local_utilities
-from local_utilities import compute_accuracy
+from local_utilities import class_accuracies, compute_accuracy, imbalanced
 
 
 def indices(subset):
@@ -244,3 +244,41 @@ def test_a_single_image_in_train_is_refused_for_its_empty_class_not_with_batch_s
         f"error: --data-dir class folder {tree / 'train' / 'dog'} holds no images"
     )
     assert "--batch-size" not in line
+
+
+def test_always_answering_the_large_class_scores_high_accuracy_and_half_balanced_accuracy():
+    targets = torch.tensor([0] * 100 + [1] * 10)  # 10:1
+    found = class_accuracies(torch.zeros(110, dtype=torch.long), targets, num_classes=2)
+    assert found == {
+        "class_counts": [100, 10],
+        "imbalanced": True,
+        "per_class_acc": [1.0, 0.0],
+        "balanced_acc": 0.5,  # accuracy: 100 / 110 = 90.9%
+    }
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_balanced_accuracy_is_scikit_learns_and_leaves_out_absent_classes():
+    from sklearn.metrics import balanced_accuracy_score
+
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 4, (500,), generator=generator)  # class 4 of 5 never occurs
+    predictions = torch.where(
+        torch.rand(500, generator=generator) < 0.6, targets, torch.randint(0, 5, (500,))
+    )
+    found = class_accuracies(predictions, targets, num_classes=5)
+    assert found["per_class_acc"][4] is None
+    for label in range(4):
+        members = targets == label
+        recall = (predictions[members] == label).float().mean().item()
+        assert found["per_class_acc"][label] == pytest.approx(recall)
+    expected = balanced_accuracy_score(targets.numpy(), predictions.numpy())
+    assert found["balanced_acc"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "counts, expected",
+    [([4, 1], True), ([3, 1], False), ([40, 10, 10], True), ([0, 5, 5], False), ([7], False)],
+)
+def test_classes_are_imbalanced_from_a_largest_to_smallest_ratio_of_4(counts, expected):
+    assert imbalanced(counts) is expected

@@ -2,10 +2,15 @@
 
 import pytest
 import torch
-from conftest import FixedLogits, measured
+from conftest import SLOW_BF16_CEILINGS, FixedLogits, measured
 
 import measurement as measurement_module
-from measurement import Measurement
+from matmul_ceiling import Ceiling
+
+FAST_BF16_CEILINGS = {  # a CPU with bfloat16 units: twice the float32 speed
+    torch.float32: Ceiling(flops_per_s=1e10, size=1024),
+    torch.bfloat16: Ceiling(flops_per_s=2e10, size=1024),
+}
 
 
 @pytest.mark.parametrize(
@@ -33,19 +38,46 @@ def test_precision_in_effect_is_named_from_the_dtypes_of_the_first_forward_pass(
     )
 
 
-def test_report_measures_the_steady_state_with_lightnings_throughput_and_the_chips_peak(
-    monkeypatch, capsys
+def test_report_measures_the_steady_state_with_lightnings_throughput_and_the_measured_ceiling(
+    capsys,
 ):
-    monkeypatch.setattr(Measurement, "peak_flops", lambda measurement: 1e10)
     measurement = measured("32-true", torch.device("cpu"), batch_size=4)  # 3 epochs of 5 steps
+    measurement.watch(FixedLogits(), track_updates=False)
+    measurement.model.heads.head(torch.ones(2, 1))  # the first forward pass: float32 matmuls
     for step_time in [1.0] * 5 + [0.5] * 10:
         measurement.timer.add(step_time, data_wait=0.05)
     record = measurement.report(9.0, dict(train_acc=1, val_acc=1, test_acc=1), None, None)
     assert record["images_per_s"] == pytest.approx(8.0)
     assert record["seconds_per_step"] == pytest.approx(0.5) and record["first_step_s"] == 1.0
     assert record["data_wait_share"] == pytest.approx(0.1) and record["flops_per_image"] > 1e6
+    # SLOW_BF16_CEILINGS: float32 matmuls reached 1e10 FLOP/s at start
     assert record["mfu"] == pytest.approx(8.0 * record["flops_per_image"] / 1e10)
-    assert (
-        "Steady state: 8.00 img/s over 10 steps, 10.0% of their time waiting for data | MFU: "
-        in capsys.readouterr().out
-    )
+    assert record["flops_per_s"] == pytest.approx(8.0 * record["flops_per_image"])
+    assert record["matmul_ceilings"]["float32"] == {"flops_per_s": 1e10, "size": 1024}
+    assert record["mfu_peak"]["label"].startswith("of the measured fp32 matmul ceiling")
+    label = record["mfu_peak"]["label"]  # names the matmul precision some other test set
+    out = capsys.readouterr().out
+    assert "Steady state: 8.00 img/s over 10 steps, 10.0% of their time waiting for data" in out
+    assert f"MFU: {record['mfu']:.1%} {label} (10 GFLOP/s)" in out
+
+
+@pytest.mark.parametrize(
+    "precision, ceilings, note",
+    [
+        ("bf16-true", SLOW_BF16_CEILINGS, "a bfloat16 matmul runs at 0.1x the float32 speed"),
+        ("16-mixed", SLOW_BF16_CEILINGS, "a bfloat16 matmul runs at 0.1x"),  # bf16-mixed on CPU
+        ("16-true", SLOW_BF16_CEILINGS, "a float16 matmul runs at 0.1x"),
+        ("32-true", SLOW_BF16_CEILINGS, None),
+        ("bf16-true", FAST_BF16_CEILINGS, None),  # bfloat16 units: no note
+    ],
+)
+def test_a_cpu_whose_16bit_matmuls_are_slower_gets_the_measured_ratio_at_start(
+    capsys, precision, ceilings, note
+):
+    measured(precision, torch.device("cpu"), ceilings=ceilings)
+    out = capsys.readouterr().out
+    assert "Matmul ceilings (measured now, F.linear): fp32 10 GFLOP/s (n=1024)" in out
+    if note is None:
+        assert "Note:" not in out
+    else:
+        assert f"Note: {note}" in out and "on this CPU" in out

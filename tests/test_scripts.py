@@ -65,6 +65,7 @@ def test_run_prints_versions_device_progress_time_memory_and_accuracy(quick_runs
         r"torch\s*: \d",
         r"lightning\s*: \d",
         r"Device: .+ \| Model: vit_tiny_32",
+        r"Matmul ceilings \(measured now, F\.linear\): fp32 [\d.]+ [GT]FLOP/s \(n=\d+\)",
         r"Precision in effect: \S+",
         r"Epoch: 001/001 \| Batch 0001/0070 \| Loss: \d+\.\d{4} \| [\d.]+ img/s"
         r"( \([\d.]+ s/step\))? \| "
@@ -73,8 +74,9 @@ def test_run_prints_versions_device_progress_time_memory_and_accuracy(quick_runs
         r"Epoch: 001/001 \| Train acc\.: [\d.]+% \| Val acc\.: [\d.]+%",
         r"Training time: [\d.]+ min \([\d.]+ s\), including the per-epoch validation \| "
         r"First step: [\d.]+ s \| Steady state: "
-        r"[\d.]+ img/s.* over 65 steps, [\d.]+% of their time waiting for data \| MFU: none \(no "
-        r"datasheet peak FLOP/s for this CPU\)",
+        r"[\d.]+ img/s.* over 65 steps, [\d.]+% of their time waiting for data \| MFU: "
+        r"[\d.]+% of the measured (fp32|bf16) matmul ceiling( at matmul precision \w+)? "
+        r"\([\d.]+ [GT]FLOP/s\)",
         r"Peak memory: [\d.]+ GB peak RSS growth .*absolute peak RSS",
         r"Train acc\.: [\d.]+% \| Val acc\.: [\d.]+% \| Test acc\.: [\d.]+%",
     ]:

@@ -23,8 +23,15 @@ LETTERED = {  # lettered fix: (its parent, the statements it changes or adds)
     "03b_fabric_16true_adam_eps.py": "03_fabric_16true.py",
     "04b_fabric_bf16true_kahan.py": "04_fabric_bf16true.py",
     "04c_fabric_bf16true_compile.py": "04_fabric_bf16true.py",
+    "04d_fabric_bf16true_fp8.py": "04_fabric_bf16true.py",
 }
-MODULES = COPY_THIS[1:]  # every module a script imports: what the README says to copy
+ENTRY_POINTS = ("benchmark.py", "predict.py")  # programs of their own, beside the scripts
+# every module: what a script imports (COPY_THIS), and those of 04d (float8_training)
+MODULES = sorted(
+    path.name
+    for path in ROOT.glob("*.py")
+    if not path.name[0].isdigit() and path.name not in ENTRY_POINTS
+)
 
 
 def statements(before, after):
@@ -84,6 +91,16 @@ def test_compile_branch_adds_one_line_that_compiles_the_model_before_fabric_setu
     assert (removed, added) == ([], ["model = torch.compile(model)"])
     lines = [line.strip() for line in canonical_lines(ROOT / script)]
     assert lines.index(added[0]) < lines.index("model, optimizer = fabric.setup(model, optimizer)")
+
+
+def test_float8_branch_adds_torchaos_conversion_before_the_optimizer_and_fabric_setup():
+    removed, added = statements("04_fabric_bf16true.py", "04d_fabric_bf16true_fp8.py")
+    imported = "from float8_training import convert_to_float8_training, float8_filter"
+    convert = "convert_to_float8_training(model, module_filter_fn=float8_filter(model, "
+    assert removed == [] and added == [imported, convert + "fabric.device))"]
+    lines = [line.strip() for line in canonical_lines(ROOT / "04d_fabric_bf16true_fp8.py")]
+    assert lines.index(added[1]) < lines.index("model, optimizer = fabric.setup(model, optimizer)")
+    assert lines.index(added[1]) < next(i for i, line in enumerate(lines) if "Adam(" in line)
 
 
 def test_readme_shows_the_real_diffs():
@@ -189,7 +206,7 @@ def test_script_itself_shows_model_optimizer_loop_and_report_in_reading_order(sc
         assert [pattern for pattern in FABRIC_LESSON if not re.search(pattern, text)] == []
 
 
-PLAIN_CODE = [*MODULES, "benchmark.py", *(script.name for script in SCRIPTS)]
+PLAIN_CODE = [*MODULES, "benchmark.py", "predict.py", *(script.name for script in SCRIPTS)]
 
 
 @pytest.mark.parametrize("name", PLAIN_CODE)
@@ -212,7 +229,7 @@ def test_code_is_plain_no_named_lambdas_nested_conditionals_or_chained_inequalit
 
 IMPORT_EVERY_MODULE = """
 import importlib, sys, torchvision, warnings
-import lightning, torchmetrics  # which set warnings filters of their own on import
+import lightning, torchmetrics, torchao  # which set warnings filters of their own on import
 for name in sys.argv[1:]:
     hook, models, filters = sys.excepthook, torchvision.models.list_models(), warnings.filters[:]
     importlib.import_module(name)
