@@ -14,7 +14,7 @@ from errors import InputError
 from flags import parse_args, recorded_flags
 from hardware import PrecisionUnavailable, print_setup
 from image_files import UnreadableImage
-from local_utilities import compute_accuracy, get_dataloaders
+from local_utilities import accuracy_and_classes, compute_accuracy, get_dataloaders
 from measurement import Measurement
 from model_weights import ModelSaver, get_model, model_weights
 from nan_check import DIVERGED_EXIT_CODE, all_finite, divergence_message, first_nonfinite
@@ -121,7 +121,7 @@ def main(args):
 
     # 5 Evaluate on the test set; report time, memory and accuracy; append the run's record
     if diverged_at is None:
-        accuracies["test_acc"] = compute_accuracy(model, test_loader)
+        accuracies.update(accuracy_and_classes(model, test_loader))  # and per class
         saver.after_training(model, fabric)
     measurement.report(train_time, accuracies, diverged_at, results=args.results)
     fabric.barrier()  # every process gets here before any exits, or teardown can abort

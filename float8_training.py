@@ -141,6 +141,6 @@ def float8_filter(model: torch.nn.Module, device: torch.device) -> Callable:
     if device.type == "cpu":  # aten/src/ATen/native/Blas.cpp: _scaled_mm_out_cpu_emulated
         print_once(
             "Note: on a CPU float8 is emulated: torch._scaled_mm turns float8 into float32 to "
-            "multiply (oneDNN on CPUs with AMX), so this run shows float8's numbers, not its speed"
+            "multiply, so this run shows float8's numbers, not its speed"
         )
     return multiple_of_16

@@ -374,7 +374,7 @@ def split_folder(data_dir: Path, split: str) -> Path | None:
     if not present:
         return None
     if present[0].name != split:
-        print_once(f"{present[0].name}/ is the validation split (val/)")
+        print_once(f"{present[0].name}/ is read as val/")
     return present[0]
 
 

@@ -7,6 +7,7 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torchvision
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
@@ -261,3 +262,24 @@ def compute_accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
     for features, targets in loader:
         accuracy.update(model(features.to(device)).argmax(dim=1), targets.to(device))
     return accuracy.compute().item()
+
+
+@torch.inference_mode()
+def accuracy_and_classes(model: torch.nn.Module, loader: DataLoader) -> dict:
+    """{"test_acc": the fraction of images classified right, "test_classes": class_accuracies of
+    the same predictions}, in one pass over the test set; with several processes, every process's
+    predictions and targets are gathered first, so both are exact for the whole set."""
+    model.eval()
+    device = next(model.parameters()).device
+    predictions, targets = [], []
+    for features, labels in loader:
+        predictions.append(model(features.to(device)).argmax(dim=1).cpu())
+        targets.append(labels.cpu())
+    predictions, targets = torch.cat(predictions), torch.cat(targets)
+    if world_size() > 1:
+        gathered = [None] * world_size()
+        dist.all_gather_object(gathered, (predictions, targets))
+        predictions = torch.cat([pair[0] for pair in gathered])
+        targets = torch.cat([pair[1] for pair in gathered])
+    classes = class_accuracies(predictions, targets, model.heads.head.out_features)
+    return {"test_acc": (predictions == targets).double().mean().item(), "test_classes": classes}

@@ -199,15 +199,22 @@ def mfu_peaks(
 
 def mfu_text(flops_per_s: float, peaks: list[Peak], device: torch.device) -> str:
     """'4.2% of the measured bf16 matmul ceiling (4.7 GFLOP/s)', one part per peak; `flops_per_s` is
-    the model FLOPs one device ran per second (forward and backward)."""
+    the model FLOPs one device ran per second (forward and backward). A share above 100% can only
+    come from a ceiling measured too low (a busy CPU at start), and says so instead."""
     if not peaks:
         kind = device.type.upper()
         return f"none (no datasheet peak FLOP/s and no measured matmul ceiling for this {kind})"
     parts = []
     for peak in peaks:
-        parts.append(
-            f"{flops_per_s / peak.flops_per_s:.1%} {peak.label} ({flops_text(peak.flops_per_s)})"
-        )
+        share = flops_per_s / peak.flops_per_s
+        if share > 1:  # only a ceiling measured while other work held the cores can be beaten
+            parts.append(
+                f"above 100% {peak.label} ({flops_text(peak.flops_per_s)}), which was measured "
+                "too low: the CPU was busier at start than in training; run on a quiet CPU, or "
+                "with OMP_NUM_THREADS=1 on a shared one"
+            )
+            continue
+        parts.append(f"{share:.1%} {peak.label} ({flops_text(peak.flops_per_s)})")
     return ", ".join(parts)
 
 

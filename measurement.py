@@ -164,7 +164,8 @@ class Measurement:
         its record to `results` (--results) from the first process. Returns the record.
 
         `train_time` is in seconds; `accuracies` holds train_acc, val_acc and test_acc as
-        fractions (any missing one, and all of them after a divergence, are recorded as null).
+        fractions (any missing one, and all of them after a divergence, are recorded as null), and
+        test_classes (local_utilities.accuracy_and_classes), printed when classes are imbalanced.
         """
         timer = self.timer
         accuracy = {key: accuracies.get(key, math.nan) for key in ACCURACY_NAMES}
@@ -176,6 +177,8 @@ class Measurement:
         if peaks:
             peak = peaks[0].flops_per_s
         steady = steady_state(timer, flops, peak)
+        if steady["mfu"] is not None and steady["mfu"] > 1:  # a ceiling measured too low
+            steady["mfu"] = None
         first_step = None
         if timer.step_times:
             first_step = timer.step_times[0]
@@ -194,9 +197,13 @@ class Measurement:
         peak_gb, memory_line = peak_memory(self.device, self.memory_baseline)
         print_once(line)
         print_once(f"Peak memory: {memory_line}")
+        classes = None  # local_utilities.class_accuracies of the test set
         if not diverged_at:
             texts = [f"{ACCURACY_NAMES[key]} acc.: {value:.2%}" for key, value in accuracy.items()]
             print_once(" | ".join(texts))
+            classes = accuracies.get("test_classes")
+        if classes and classes["imbalanced"]:  # plain accuracy rewards answering the large class
+            print_once(imbalance_line(classes))
         changed = None
         if self.initial_weights is not None:
             changed = changed_shares(self.model, self.initial_weights)
@@ -221,6 +228,7 @@ class Measurement:
             weight_dtype=dtype_name(self.weight_dtype),
             matmul_output_dtype=dtype_name(self.matmul_dtype),
             **accuracy,
+            **class_record(classes),
             diverged=diverged_at is not None,
             diverged_at=diverged_at,
             changed_share=changed,
@@ -231,6 +239,36 @@ class Measurement:
             append_record(results, record)
             print_once(f"Results appended to {results}")
         return record
+
+
+def imbalance_line(classes: dict) -> str:
+    """The report's line for a test set whose classes are imbalanced: the balanced accuracy (the
+    mean of the per-class accuracies) and each class's, in class-index order."""
+    counts = [count for count in classes["class_counts"] if count > 0]
+    per_class = []
+    for accuracy in classes["per_class_acc"]:
+        if accuracy is not None:
+            per_class.append(f"{accuracy:.1%}")
+    return (
+        f"Test classes imbalanced ({max(counts)} images in the largest, {min(counts)} in the "
+        f"smallest): balanced test acc.: {classes['balanced_acc']:.2%} | per class: "
+        f"{', '.join(per_class)}"
+    )
+
+
+def class_record(classes: dict | None) -> dict:
+    """The record's per-class fields: the balanced test accuracy, each class's test accuracy and
+    image count, and whether they are imbalanced; all None without a test accuracy."""
+    if classes is None:
+        return dict(
+            balanced_test_acc=None, per_class_test_acc=None, test_class_counts=None, imbalanced=None
+        )
+    return dict(
+        balanced_test_acc=classes["balanced_acc"],
+        per_class_test_acc=classes["per_class_acc"],
+        test_class_counts=classes["class_counts"],
+        imbalanced=classes["imbalanced"],
+    )
 
 
 def dtype_name(dtype: torch.dtype | None) -> str | None:

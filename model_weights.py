@@ -181,9 +181,11 @@ def load_saved_model(path: Path) -> tuple[torch.nn.Module, dict]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; give the file that --save wrote") from None
-    except Exception as error:
-        reason = str(error).splitlines()[0]
-        raise InputError(f"{path} is no model file of --save ({reason})") from None
+    except Exception:  # torch's own message advises weights_only=False, which runs any code
+        raise InputError(
+            f"{path} is no model file of --save (torch.load with weights_only=True cannot read "
+            "it); give the file that --save wrote"
+        ) from None
     missing = [key for key in SAVED_KEYS if not isinstance(saved, dict) or key not in saved]
     if missing:
         raise InputError(f"{path} is no model file of --save: it lacks {', '.join(missing)}")

@@ -138,7 +138,10 @@ def test_filter_stops_the_run_on_a_refusal_and_says_on_a_cpu_that_float8_is_emul
     assert float8_filter(model, torch.device("cpu")) is multiple_of_16
     out = capsys.readouterr().out
     assert "42.2% of the forward FLOPs run in float8" in out
-    assert "Note: on a CPU float8 is emulated: torch._scaled_mm turns float8 into float32" in out
+    assert (
+        "Note: on a CPU float8 is emulated: torch._scaled_mm turns float8 into float32 to "
+        "multiply, so this run shows float8's numbers, not its speed" in out
+    )
     with pytest.raises(PrecisionUnavailable) as refused:
         float8_filter(model, torch.device("mps"))
     assert str(refused.value) == (

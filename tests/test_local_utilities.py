@@ -8,7 +8,7 @@ import torch
 from conftest import FixedLogits, dataloaders, refusal, write_image_tree
 
 import local_utilities
-from local_utilities import class_accuracies, compute_accuracy, imbalanced
+from local_utilities import accuracy_and_classes, class_accuracies, compute_accuracy, imbalanced
 
 
 def indices(subset):
@@ -282,3 +282,17 @@ def test_balanced_accuracy_is_scikit_learns_and_leaves_out_absent_classes():
 )
 def test_classes_are_imbalanced_from_a_largest_to_smallest_ratio_of_4(counts, expected):
     assert imbalanced(counts) is expected
+
+
+def test_test_accuracy_and_its_classes_come_from_one_pass_and_agree_with_compute_accuracy():
+    # 12 images of class 0 and 2 of class 1; FixedLogits answers 0 for even features, 1 for odd
+    features = torch.tensor([0.0] * 11 + [1.0] + [1.0, 0.0])
+    targets = torch.tensor([0] * 12 + [1, 1])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features, targets), 4)
+    found = accuracy_and_classes(FixedLogits(), loader)
+    assert found["test_acc"] == pytest.approx(12 / 14)
+    assert found["test_acc"] == pytest.approx(compute_accuracy(FixedLogits(), loader))
+    classes = found["test_classes"]
+    assert classes["class_counts"] == [12, 2] and classes["imbalanced"] is True  # 6:1
+    assert classes["per_class_acc"] == pytest.approx([11 / 12, 0.5])
+    assert classes["balanced_acc"] == pytest.approx((11 / 12 + 0.5) / 2)

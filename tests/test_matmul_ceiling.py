@@ -200,3 +200,13 @@ def test_record_keeps_every_ceiling_and_the_mfu_basis_as_json():
         "flops_per_s": 4.7e9,
         "label": "of the measured bf16 matmul ceiling",
     }
+
+
+def test_a_ceiling_the_run_beats_was_measured_too_low_and_gets_no_percentage():
+    peaks = [Peak(2.6e8, "of the measured fp32 matmul ceiling")]  # a busy CPU at start
+    text = mfu_text(4e8, peaks, torch.device("cpu"))
+    assert text == (
+        "above 100% of the measured fp32 matmul ceiling (0.26 GFLOP/s), which was measured too "
+        "low: the CPU was busier at start than in training; run on a quiet CPU, or with "
+        "OMP_NUM_THREADS=1 on a shared one"
+    )

@@ -81,3 +81,36 @@ def test_a_cpu_whose_16bit_matmuls_are_slower_gets_the_measured_ratio_at_start(
         assert "Note:" not in out
     else:
         assert f"Note: {note}" in out and "on this CPU" in out
+
+
+def test_imbalanced_test_classes_get_their_balanced_accuracy_printed_and_recorded(capsys):
+    measurement = measured("32-true", torch.device("cpu"))
+    classes = {
+        "class_counts": [100, 0, 10],
+        "imbalanced": True,
+        "per_class_acc": [1.0, None, 0.0],
+        "balanced_acc": 0.5,
+    }
+    accuracies = dict(train_acc=1.0, val_acc=1.0, test_acc=100 / 110, test_classes=classes)
+    record = measurement.report(1.0, accuracies, None, None)
+    assert (
+        "Test classes imbalanced (100 images in the largest, 10 in the smallest): balanced test "
+        "acc.: 50.00% | per class: 100.0%, 0.0%" in capsys.readouterr().out
+    )
+    assert (record["balanced_test_acc"], record["imbalanced"]) == (0.5, True)
+    assert record["per_class_test_acc"] == [1.0, None, 0.0]
+    classes["imbalanced"] = False
+    measurement.report(1.0, accuracies, None, None)
+    assert "imbalanced" not in capsys.readouterr().out
+
+
+def test_a_measured_ceiling_below_what_training_reached_records_no_mfu(capsys):
+    busy = {torch.float32: Ceiling(flops_per_s=1e5, size=128)}  # far below any real CPU
+    measurement = measured("32-true", torch.device("cpu"), batch_size=4, ceilings=busy)
+    measurement.watch(FixedLogits(), track_updates=False)
+    measurement.model.heads.head(torch.ones(2, 1))
+    for step_time in [1.0] * 5 + [0.5] * 10:
+        measurement.timer.add(step_time, data_wait=0.05)
+    record = measurement.report(9.0, dict(train_acc=1, val_acc=1, test_acc=1), None, None)
+    assert record["mfu"] is None and record["flops_per_s"] > 1e5
+    assert "MFU: above 100% of the measured fp32 matmul ceiling" in capsys.readouterr().out

@@ -172,7 +172,7 @@ LESSON = [  # in the order a reader meets them; canonical source, so formatting 
     r"except KeyboardInterrupt:",
     r"return 130",
     r"train_time = time\.perf_counter\(\) - start",
-    r"compute_accuracy\(model, test_loader\)",
+    r"accuracy_and_classes\(model, test_loader\)",
     r"measurement\.report\(train_time, accuracies, diverged_at, results=args\.results\)",
     r"return DIVERGED_EXIT_CODE",
     r"if __name__ == '__main__':",
