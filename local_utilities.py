@@ -8,17 +8,15 @@ from urllib.error import URLError
 import numpy as np
 import torch
 import torch.distributed as dist
-import torchvision
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
-from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
 
 from errors import InputError
-from flags import IMAGENET_WEIGHTS, TINY_VIT
 from image_files import image_folders
+from model_weights import preprocessing
 from processes import print_once, rank, world_size
 
 SPLIT_SEED = 0  # the validation split drawn from train/ is the same for every --seed
@@ -144,13 +142,7 @@ def load_splits(
             Subset(full, range(2500, 3000)),
         )
         return train, val, test, DataInfo(10, "generated")
-    if model == TINY_VIT:  # resized to the small model's input
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        transform = transforms.Compose(
-            [transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize(mean, std)]
-        )
-    else:  # the pretrained weights' own preprocessing
-        transform = torchvision.models.get_model_weights(model)[IMAGENET_WEIGHTS].transforms()
+    transform = preprocessing(model)  # the same as predict.py's
     if data == "cifar10":
         return *cifar10_splits(Path("data"), transform), DataInfo(10, "cifar10")
     return image_folder_splits(data, transform)
